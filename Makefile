@@ -1,0 +1,37 @@
+# Two commands do everything from a fresh clone:
+#   make demo   set up .venv and train the offline quickstart
+#   make test   set up .venv and run the test suite
+# The venv is reused; it is reinstalled only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+demo: $(STAMP)
+	$(BIN)/python -m symtrain fit --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2
+
+install: $(STAMP)
+
+# escnn needs py3nj, which compiles Fortran: install gfortran when missing (as root), or say so.
+$(STAMP): pyproject.toml
+	@command -v gfortran >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing gfortran (needed to build py3nj for escnn)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran >/dev/null; \
+	  else \
+	    echo "error: escnn needs a Fortran compiler to build py3nj: install gfortran (e.g. sudo apt-get install gfortran) and run make again" >&2; \
+	    exit 1; \
+	  fi; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

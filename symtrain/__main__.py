@@ -1,0 +1,3 @@
+from symtrain.cli import main
+
+main()

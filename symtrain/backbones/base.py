@@ -1,0 +1,41 @@
+"""The backbone contract every feature extractor honours.
+
+A backbone maps a normalised image batch (B, C_in, H, W) to a feature map
+(B, out_channels, h, w). The task head pools or upsamples it. Each backbone declares which
+transformation families (by :attr:`symtrain.transforms.TransformFamily.name`) its *pooled*
+features are invariant to, exactly (by construction) or approximately, so strategies and
+metrics can check claims against measurements.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from symtrain.transforms import Exactness
+
+
+class Backbone(nn.Module):
+    """Base class of feature extractors.
+
+    Subclasses take ``in_channels`` as their first constructor argument (the CLI links it
+    from the data), set :attr:`out_channels`, implement :meth:`forward` and override
+    :meth:`declared_symmetries`.
+
+    Attributes:
+        out_channels: channels of the feature map returned by :meth:`forward`.
+    """
+
+    out_channels: int
+
+    def forward(self, images: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, out_channels, h, w)
+        raise NotImplementedError
+
+    def declared_symmetries(self) -> dict[str, Exactness]:
+        """Families the globally pooled features are invariant to, and how exactly."""
+        return {}
+
+
+BackboneFactory = Callable[[int], Backbone]
+"""A backbone class with its settings, still waiting for ``in_channels`` from the data."""

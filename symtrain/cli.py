@@ -1,0 +1,273 @@
+"""``python -m symtrain {fit,validate,test,predict} --config FILE [--config FILE ...]``.
+
+LightningCLI is the whole config system: later ``--config`` files and flags override earlier
+ones, plugins are chosen by (short) class name, and the saved ``config.yaml`` rebuilds a run.
+This module adds what a study needs on top: one run directory per run, wandb that works
+offline, a ``summary.json``, test-after-fit, and one-line errors for user mistakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
+from symtrain.backbones import Backbone
+from symtrain.data import ImageDataModule
+from symtrain.errors import SymtrainError
+from symtrain.module import SymmetryModule
+from symtrain.runs import (
+    RunOptions,
+    create_run_dir,
+    default_run_name,
+    remove_run,
+    to_jsonable,
+    wandb_mode,
+    write_summary,
+)
+from symtrain.symmetry import SymmetryStrategy
+from symtrain.transforms import TransformFamily
+
+# Expected by design, so not worth a user's attention: the model (not the data) moves batches
+# to floats and augments them on the device, and in-memory tensors need no loader workers.
+warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+# Config keys whose value is a plugin, and the base class listing its valid choices.
+_PLUGIN_BASES: dict[str, type] = {
+    "model.backbone": Backbone,
+    "model.symmetry": SymmetryStrategy,
+    "families": TransformFamily,
+    "data": ImageDataModule,
+}
+
+
+def _subclass_names(base: type) -> list[str]:
+    names, stack = set(), [base]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if sub.__module__.startswith("symtrain.") and not sub.__name__.startswith("_"):
+                names.add(sub.__name__)
+    return sorted(names)
+
+
+def one_line_error(message: str) -> str:
+    """Condense a jsonargparse error into one line that names the key and the valid choices.
+
+    Examples:
+        >>> one_line_error('Parser key "model.lr":\\n  Expected a <class float>. Got value: "x"')
+        'model.lr: Expected a <class float>. Got value: "x"'
+    """
+    key_match = re.search(r'Parser key "([^"]+)"', message)
+    key = key_match.group(1) if key_match else None
+    lines = [line.strip(" -") for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Parser key")]
+    detail = lines[0] if lines else message.strip()
+    for line in lines:  # the innermost "Problem with given class_path" says the most
+        if "class_path" in line or "No action for key" in line or "Import path" in line:
+            detail = line
+    text = f"{key}: {detail}" if key else detail
+    if key and ("class_path" in detail or "Import path" in detail or "subclass" in detail):
+        for suffix, base in _PLUGIN_BASES.items():
+            if key == suffix or key.endswith("." + suffix) or key.split(".")[-1] == suffix:
+                text += f" (valid choices: {', '.join(_subclass_names(base))})"
+                break
+    return text
+
+
+class FlatKeysWandbLogger(WandbLogger):
+    """Nests the model's hyperparameters under ``hparams`` so its ``backbone`` entry cannot
+    overwrite the flat ``backbone`` key that dashboards group runs by."""
+
+    def log_hyperparams(self, params: Any) -> None:
+        super().log_hyperparams({"hparams": dict(params)})
+
+
+class SymtrainArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, reporting mistakes as one line and exit code 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> None:  # type: ignore[override]
+        if not getattr(self, "exit_on_error", True):
+            super().error(message, ex)
+        sys.stderr.write(f"symtrain: error: {one_line_error(message)} (see --help)\n")
+        sys.exit(2)
+
+
+class SymtrainCLI(LightningCLI):
+    """LightningCLI for :class:`SymmetryModule` and any :class:`ImageDataModule`."""
+
+    def __init__(self, args: Any = None, run: bool = True) -> None:
+        self.run_dir: Path | None = None
+        super().__init__(
+            SymmetryModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_class=SymtrainArgumentParser,
+            trainer_defaults={"default_root_dir": "runs", "max_epochs": 10, "log_every_n_steps": 10},
+            args=args,
+            run=run,
+            auto_configure_optimizers=True,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("num_classes", "in_channels", "mean", "std"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_class_arguments(RunOptions, "run")
+
+    @property
+    def run_options(self) -> RunOptions:
+        return RunOptions(**self._get(self.config, "run"))
+
+    def before_instantiate_classes(self) -> None:
+        if self.run_options.quiet:
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+            warnings.filterwarnings("ignore", module="lightning")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand is None:
+            return super().instantiate_trainer(**kwargs)
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        options = self.run_options
+        names = self._component_names()
+        run_name = options.name or default_run_name(
+            names["backbone"], names["strategy"], names["dataset"], names["seed"]
+        )
+        self.run_dir = create_run_dir(trainer_config["default_root_dir"], run_name)
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = self._loggers(self.run_dir, options, names)
+        checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir / "checkpoints",
+            filename="best",
+            monitor="val/acc",
+            mode="max",
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
+        callbacks = trainer_config.get("callbacks") or []
+        kwargs["callbacks"] = [*callbacks, checkpoint]
+        if options.quiet:
+            kwargs.update(enable_progress_bar=False, enable_model_summary=False)
+        return super().instantiate_trainer(**kwargs)
+
+    def _component_names(self) -> dict[str, Any]:
+        return {
+            "backbone": type(self.model.net.backbone).__name__,
+            "strategy": type(self.model.symmetry).__name__,
+            "dataset": self.datamodule.name,
+            "seed": self._get(self.config, "seed_everything"),
+        }
+
+    def _loggers(self, run_dir: Path, options: RunOptions, names: dict[str, Any]) -> list[Logger]:
+        # CSV first: Lightning takes the first logger's directory as trainer.log_dir, where
+        # the config is saved, so config.yaml lands in the run directory.
+        loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
+        if options.wandb:
+            import wandb  # imported here: it is slow to import and not every command logs
+
+            loggers.append(
+                FlatKeysWandbLogger(
+                    name=run_dir.name,
+                    save_dir=str(run_dir.parent),
+                    project=options.project,
+                    group=options.group,
+                    tags=[names["backbone"], names["strategy"], names["dataset"], *options.tags],
+                    config={**names, "run_dir": str(run_dir), "params": self.model.num_params},
+                    mode=wandb_mode(),
+                    settings=wandb.Settings(silent=options.quiet, console="off"),
+                )
+            )
+        return loggers
+
+    def _summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        # Read from disk, not from the checkpoint callback: testing the best checkpoint restores
+        # the callback's state as it was when that checkpoint was written.
+        checkpoints = {
+            name: f"checkpoints/{name}.ckpt" if (self.run_dir / "checkpoints" / f"{name}.ckpt").is_file() else None
+            for name in ("best", "last")
+        }
+        return {
+            "run_name": self.run_dir.name,
+            **self._component_names(),
+            "params": self.model.num_params,
+            "metrics": to_jsonable(metrics),
+            "checkpoints": checkpoints,
+        }
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as error:
+            if user_error(error) is None:
+                raise
+            # A run that fails on a user mistake before its first checkpoint holds nothing
+            # worth keeping; leaving it would look like a valid run.
+            checkpoints = self.run_dir / "checkpoints"
+            if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+                remove_run(self.run_dir)
+            raise
+
+    def after_fit(self) -> None:
+        metrics = dict(self.trainer.callback_metrics)
+        if self.run_options.test_after_fit and not self.trainer.interrupted:
+            best = self.trainer.checkpoint_callback.best_model_path
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=not self.run_options.quiet
+            )
+            metrics.update(self.trainer.callback_metrics)
+        self._finish(metrics)
+
+    def after_validate(self) -> None:
+        self._finish(dict(self.trainer.callback_metrics))
+
+    def after_test(self) -> None:
+        self._finish(dict(self.trainer.callback_metrics))
+
+    def after_predict(self) -> None:
+        self._finish({})
+
+    def _finish(self, metrics: dict[str, Any]) -> None:
+        if self.trainer.is_global_zero:
+            write_summary(self.run_dir, self._summary(metrics))
+        for logger in self.trainer.loggers:
+            logger.finalize("success")
+        if sys.modules.get("wandb") is not None and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()
+
+
+def user_error(error: BaseException | None) -> BaseException | None:
+    """The user mistake behind ``error``, if any: jsonargparse wraps errors raised while it
+    instantiates classes, so the chain of causes is searched."""
+    while error is not None:
+        if isinstance(error, (SymtrainError, MisconfigurationException)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def main(args: Any = None) -> None:
+    """Entry point of ``python -m symtrain`` and the ``symtrain`` script."""
+    try:
+        SymtrainCLI(args=args)
+    except Exception as error:
+        mistake = user_error(error)
+        if mistake is None:
+            raise
+        lines = str(mistake).strip().splitlines()
+        sys.stderr.write(f"symtrain: error: {lines[0] if lines else type(mistake).__name__}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

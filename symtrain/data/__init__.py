@@ -1,0 +1,20 @@
+"""Datasets as in-memory data modules; importing this package makes their short class names
+usable in configs (``--data SyntheticShapes``).
+
+torchvision is imported eagerly: Lightning already imports it, so deferring it saves nothing.
+"""
+
+from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.folder import ImageFolder
+from symtrain.data.synthetic import SyntheticShapes
+from symtrain.data.torchvision_sets import CIFAR10, MNIST, RotatedMNIST
+
+__all__ = [
+    "CIFAR10",
+    "MNIST",
+    "ImageDataModule",
+    "ImageFolder",
+    "RotatedMNIST",
+    "Split",
+    "SyntheticShapes",
+]

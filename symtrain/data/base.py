@@ -1,0 +1,130 @@
+"""Base class for image data held in memory as tensors.
+
+Every dataset symtrain ships is small enough to live in memory as uint8 tensors, so loading is
+never the bottleneck: a subclass only says how to produce its splits, this class does the
+rest (validation carve-out, loaders, the facts the model needs linked into it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class Split:
+    """One split of a dataset held in memory.
+
+    Attributes:
+        images: uint8 images, shape (N, C, H, W), values 0..255.
+        labels: int64 class indices, shape (N,).
+        masks: optional int64 per-pixel class indices, shape (N, H, W); 0 is background.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(
+            self.images[index], self.labels[index], None if self.masks is None else self.masks[index]
+        )
+
+
+class SplitDataset(Dataset):
+    """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label)."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.images[index], self.split.labels[index]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base for in-memory image datasets.
+
+    Subclasses set ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``,
+    ``class_names`` and ``name`` in ``__init__`` (the CLI links ``num_classes``,
+    ``in_channels``, ``mean`` and ``std`` into the model, so they must be known before
+    ``setup``) and implement :meth:`load_splits`. ``mean``/``std`` are per-channel statistics
+    of images scaled to [0, 1]; the model normalises with them.
+
+    Images are delivered as uint8 (B, C, H, W); the model turns them into floats in [0, 1].
+
+    Args:
+        batch_size: samples per training/evaluation batch.
+        val_fraction: share of the training split carved out for validation when the
+            dataset has no validation split of its own.
+        num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
+        split_seed: seed of the validation carve-out.
+    """
+
+    name: str = "data"
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.split_seed = split_seed
+        self.splits: dict[str, Split] = {}
+
+    def load_splits(self) -> dict[str, Split]:
+        """Return at least ``train`` and ``test`` splits (``val`` is optional)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self.load_splits()
+        if "val" not in splits:
+            train = splits["train"]
+            generator = torch.Generator().manual_seed(self.split_seed)
+            order = torch.randperm(len(train), generator=generator)
+            num_val = max(1, int(round(len(train) * self.val_fraction)))
+            splits["val"] = train.subset(order[:num_val])
+            splits["train"] = train.subset(order[num_val:])
+        self.splits = splits
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            SplitDataset(self.splits[split]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,161 @@
+"""The LightningModule: a backbone, a symmetry strategy and a task head, composed.
+
+The trained network itself is :class:`SymmetryNet`, a plain ``nn.Module`` (normalisation,
+backbone, head) that maps images in [0, 1] to logits; :class:`SymmetryModule` adds what only
+training needs (the strategy, the loss, metrics and the optimiser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
+from symtrain.symmetry import NoSymmetry, SymmetryStrategy
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation, part of the model so transformations act on raw images."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+
+class ClassificationHead(nn.Module):
+    """Global average pooling and a linear classifier: spatial invariance comes from the pooling."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc(features.mean(dim=(-2, -1)))  # (B, C, h, w) -> (B, num_classes)
+
+
+class SymmetryNet(nn.Module):
+    """The network alone: images in [0, 1] (B, C, H, W) -> logits (B, num_classes).
+
+    Examples:
+        >>> net = SymmetryNet(Normalize([0.5], [0.5]), StandardCNN(1, width=4, depth=1), 3)
+        >>> net(torch.rand(2, 1, 16, 16)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, normalize: Normalize, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.head = ClassificationHead(backbone.out_channels, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(self.normalize(images)))
+
+
+class SymmetryModule(pl.LightningModule):
+    """A classifier composed from a backbone and a symmetry strategy.
+
+    Batches arrive as uint8 images; :meth:`on_after_batch_transfer` turns them into floats in
+    [0, 1] on the device and, while training, lets the strategy augment them there.
+
+    Args:
+        backbone: the feature extractor class and its settings; it receives ``in_channels``.
+        symmetry: how the model gets its symmetry (default: :class:`NoSymmetry`).
+        num_classes: number of classes (linked from the data by the CLI).
+        in_channels: image channels (linked from the data by the CLI).
+        mean: per-channel mean of the images in [0, 1] (linked from the data).
+        std: per-channel standard deviation (linked from the data).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        lr_schedule: ``onecycle`` (warm-up then cosine decay over the whole fit) or ``constant``.
+        label_smoothing: cross-entropy label smoothing.
+
+    Examples:
+        >>> from functools import partial
+        >>> module = SymmetryModule(partial(StandardCNN, width=4, depth=1), num_classes=3)
+        >>> module(torch.rand(2, 1, 16, 16)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory = StandardCNN,
+        symmetry: SymmetryStrategy | None = None,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        lr_schedule: Literal["onecycle", "constant"] = "onecycle",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SymmetryNet(Normalize(mean, std), backbone(in_channels), num_classes)
+        self.symmetry = symmetry if symmetry is not None else NoSymmetry()
+        self.symmetry.check(self.net.backbone)
+        # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
+        self.accuracy = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    @property
+    def num_params(self) -> int:
+        """Trainable parameters of the network (what comparisons of width are about)."""
+        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = images.float().div_(255)  # uint8 (B, C, H, W) -> floats in [0, 1]
+        if self.trainer.training:
+            images = self.symmetry.augment(images)
+        return images, labels
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        accuracy = self.accuracy[f"{stage}_acc"]
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        images, labels = batch
+        logits = self.net(images)
+        return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

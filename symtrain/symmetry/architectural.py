@@ -1,0 +1,49 @@
+"""Symmetry built into the architecture: no augmentation, and a check that it is really there."""
+
+from __future__ import annotations
+
+from symtrain.backbones.base import Backbone
+from symtrain.errors import SymtrainError
+from symtrain.symmetry.base import SymmetryStrategy
+from symtrain.transforms import TransformFamily
+
+
+class Architectural(SymmetryStrategy):
+    """Rely on the backbone's built-in invariance to ``families``; never augment.
+
+    Fails when the model is built if the backbone does not declare every requested family,
+    exactly (default) or at least approximately (``require_exact=False``).
+
+    Args:
+        families: the transformation families the backbone must be invariant to.
+        require_exact: accept only invariance that holds by construction.
+
+    Examples:
+        >>> from symtrain.backbones import StandardCNN
+        >>> from symtrain.transforms import Rot90
+        >>> Architectural([Rot90()]).check(StandardCNN(in_channels=1))
+        Traceback (most recent call last):
+        ...
+        symtrain.errors.SymtrainError: StandardCNN does not declare exact rot90 invariance ...
+    """
+
+    def __init__(self, families: list[TransformFamily], require_exact: bool = True) -> None:
+        super().__init__(families)
+        if not self.families:
+            raise SymtrainError(
+                "Architectural needs at least one family: set model.symmetry.init_args.families, e.g. [Rot90]"
+            )
+        self.require_exact = require_exact
+
+    def check(self, backbone: Backbone) -> None:
+        declared = backbone.declared_symmetries()
+        accepted = {"exact"} if self.require_exact else {"exact", "approximate"}
+        for family in self.families:
+            if declared.get(family.name) not in accepted:
+                have = ", ".join(f"{name} ({how})" for name, how in sorted(declared.items())) or "nothing"
+                kind = "exact" if self.require_exact else "any"
+                raise SymtrainError(
+                    f"{type(backbone).__name__} does not declare {kind} {family.name} invariance "
+                    f"(it declares: {have}): choose a backbone built for {family.name} or use the "
+                    "Augmentation strategy (configs/symmetry/augment_*.yaml)"
+                )

@@ -1,0 +1,55 @@
+"""Symmetry learned from data: kornia augmentations applied to training batches on their device."""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+from torch import Tensor, nn
+
+from symtrain.errors import SymtrainError
+from symtrain.symmetry.base import SymmetryStrategy
+from symtrain.transforms import TransformFamily
+
+
+class Augmentation(SymmetryStrategy):
+    """Apply random elements of each family, in order, to every training batch.
+
+    The augmentation runs batched on the batch's device (GPU when training on one). Each
+    family is applied with probability ``p``; unlike kornia's own default of 0.5, it is 1.
+
+    Args:
+        families: the transformation families to sample from.
+        p: probability of applying each family to a sample.
+
+    Examples:
+        >>> import torch
+        >>> from symtrain.transforms import Rot90
+        >>> strategy = Augmentation([Rot90()])
+        >>> strategy.augment(torch.rand(4, 1, 8, 8)).shape
+        torch.Size([4, 1, 8, 8])
+    """
+
+    def __init__(self, families: list[TransformFamily], p: float = 1.0) -> None:
+        super().__init__(families)
+        if not self.families:
+            raise SymtrainError(
+                "Augmentation needs at least one family: set model.symmetry.init_args.families, e.g. [Rotation]"
+            )
+        if not 0.0 <= p <= 1.0:
+            raise SymtrainError(f"Augmentation p={p} is not a probability: choose a value in [0, 1]")
+        self.p = p
+        self.pipelines = nn.ModuleDict()
+        # Build one pipeline now so a family kornia cannot sample fails before training starts.
+        self.pipeline((32, 32))
+
+    def pipeline(self, image_size: tuple[int, int]) -> K.AugmentationSequential:
+        """The kornia pipeline for one image size (pixel-valued magnitudes depend on it)."""
+        key = "x".join(map(str, image_size))
+        if key not in self.pipelines:
+            self.pipelines[key] = K.AugmentationSequential(
+                *(family.augmentation(self.p, image_size) for family in self.families)
+            )
+        return self.pipelines[key]
+
+    def augment(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2:]
+        return self.pipeline((height, width)).to(images.device)(images)

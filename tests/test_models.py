@@ -1,0 +1,99 @@
+"""Backbones honour their contract; strategies check and augment; the module composes them."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from symtrain.backbones import Backbone, StandardCNN
+from symtrain.errors import SymtrainError
+from symtrain.module import SymmetryModule
+from symtrain.symmetry import Architectural, Augmentation, NoSymmetry
+from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift
+
+# Tiny "test" sizes of every backbone, as timm tests every registered model.
+BACKBONES = {
+    "StandardCNN": partial(StandardCNN, width=4, depth=2),
+}
+
+
+def test_every_backbone_is_tested() -> None:
+    shipped = {cls.__name__ for cls in Backbone.__subclasses__()}
+    assert shipped <= set(BACKBONES)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_backbone_contract(name: str, in_channels: int) -> None:
+    backbone = BACKBONES[name](in_channels)
+    features = backbone(torch.rand(2, in_channels, 32, 32))
+    assert features.dim() == 4 and features.shape[:2] == (2, backbone.out_channels)
+    declared = backbone.declared_symmetries()
+    assert set(declared.values()) <= {"exact", "approximate"}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbone_gradients_reach_every_parameter(name: str) -> None:
+    backbone = BACKBONES[name](1)
+    backbone(torch.rand(2, 1, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+
+
+def test_standard_cnn_is_not_rot90_invariant() -> None:
+    torch.manual_seed(0)
+    module = SymmetryModule(BACKBONES["StandardCNN"], num_classes=5).eval()
+    x = torch.rand(4, 1, 32, 32)
+    assert not torch.allclose(module(x), module(torch.rot90(x, 1, dims=(-2, -1))), atol=1e-3)
+
+
+def test_architectural_refuses_a_backbone_without_the_group() -> None:
+    with pytest.raises(SymtrainError, match="StandardCNN does not declare exact rot90"):
+        SymmetryModule(BACKBONES["StandardCNN"], symmetry=Architectural([Rot90()]))
+
+
+def test_architectural_accepts_declared_approximate_symmetry_when_asked() -> None:
+    strategy = Architectural([Shift()], require_exact=False)
+    module = SymmetryModule(BACKBONES["StandardCNN"], symmetry=strategy)
+    x = torch.rand(3, 1, 16, 16)
+    assert torch.equal(module.symmetry.augment(x), x)  # architectural never augments
+
+
+def test_architectural_and_augmentation_need_families() -> None:
+    with pytest.raises(SymtrainError, match="at least one family"):
+        Architectural([])
+    with pytest.raises(SymtrainError, match="at least one family"):
+        Augmentation([])
+
+
+def test_augmentation_refuses_what_kornia_cannot_sample() -> None:
+    with pytest.raises(SymtrainError, match="circular_shift"):
+        Augmentation([CircularShift()])
+
+
+def test_augmentation_refuses_a_bad_probability() -> None:
+    with pytest.raises(SymtrainError, match="probability"):
+        Augmentation([Rotation()], p=1.5)
+
+
+def test_augmentation_p1_always_applies_and_p0_never() -> None:
+    x = torch.rand(64, 1, 8, 8)
+    torch.manual_seed(0)
+    flipped = Augmentation([Flip()], p=1.0).augment(x)
+    assert torch.equal(flipped, x.flip(-1))
+    assert torch.equal(Augmentation([Flip()], p=0.0).augment(x), x)
+
+
+def test_augmentation_keeps_batch_on_its_dtype_and_size() -> None:
+    x = torch.rand(5, 3, 20, 20)
+    out = Augmentation([Rotation(), Shift(2)]).augment(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_module_normalises_inside_the_model() -> None:
+    module = SymmetryModule(BACKBONES["StandardCNN"], num_classes=3, mean=(0.25,), std=(0.5,))
+    x = torch.full((1, 1, 8, 8), 0.25)
+    assert torch.allclose(module.net.normalize(x), torch.zeros_like(x))
+
+
+def test_module_default_strategy_is_no_symmetry() -> None:
+    assert isinstance(SymmetryModule(BACKBONES["StandardCNN"]).symmetry, NoSymmetry)

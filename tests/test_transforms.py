@@ -1,0 +1,109 @@
+"""Every transformation family honours the contract; the exact ones really are exact."""
+
+import pytest
+import torch
+
+from symtrain.errors import SymtrainError
+from symtrain.transforms import (
+    Affine,
+    CircularShift,
+    Elastic,
+    Flip,
+    Rot90,
+    Rotation,
+    Shift,
+    TransformFamily,
+)
+
+FAMILIES = [Rot90(), Flip(), Flip("vertical"), CircularShift(3), Shift(3), Rotation(), Affine(), Elastic()]
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=repr)
+class TestFamilyContract:
+    def test_apply_keeps_shape_and_dtype(self, family: TransformFamily, images: torch.Tensor) -> None:
+        elements = family.sample(len(images), torch.Generator().manual_seed(1))
+        out = family.apply(images, elements)
+        assert out.shape == images.shape and out.dtype == images.dtype
+
+    def test_sampling_is_seeded(self, family: TransformFamily) -> None:
+        first = family.sample(8, torch.Generator().manual_seed(3))
+        second = family.sample(8, torch.Generator().manual_seed(3))
+        assert torch.equal(first, second)
+
+    def test_apply_is_deterministic(self, family: TransformFamily, images: torch.Tensor) -> None:
+        elements = family.sample(len(images), torch.Generator().manual_seed(2))
+        assert torch.equal(family.apply(images, elements), family.apply(images, elements))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not isinstance(f, CircularShift)], ids=repr)
+def test_augmentation_changes_images(family: TransformFamily, images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    out = family.augmentation(p=1.0, image_size=(16, 16))(images)
+    assert out.shape == images.shape
+    assert not torch.allclose(out, images)
+
+
+def test_circular_shift_has_no_kornia_augmentation() -> None:
+    with pytest.raises(SymtrainError, match="use Shift|augment with Shift"):
+        CircularShift().augmentation(p=1.0, image_size=(16, 16))
+
+
+def test_rot90_matches_torch_rot90(images: torch.Tensor) -> None:
+    elements = torch.tensor([[0.0], [1.0], [2.0], [3.0], [1.0], [2.0]])
+    out = Rot90().apply(images, elements)
+    for i, k in enumerate(elements[:, 0].long().tolist()):
+        assert torch.equal(out[i], torch.rot90(images[i], k, dims=(-2, -1)))
+
+
+def test_rot90_is_a_group_action(images: torch.Tensor) -> None:
+    one = torch.ones(len(images), 1)
+    out = images
+    for _ in range(4):
+        out = Rot90().apply(out, one)
+    assert torch.equal(out, images)
+
+
+def test_kornia_rot90_augmentation_is_exact(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    out = Rot90().augmentation(p=1.0, image_size=(16, 16))(images)
+    for i in range(len(images)):
+        assert any(
+            torch.allclose(out[i], torch.rot90(images[i], k, dims=(-2, -1)), atol=1e-5) for k in range(4)
+        )
+
+
+def test_flip_is_an_involution(images: torch.Tensor) -> None:
+    ones = torch.ones(len(images), 1)
+    assert torch.equal(Flip().apply(Flip().apply(images, ones), ones), images)
+    assert torch.equal(Flip().apply(images, ones), images.flip(-1))
+
+
+def test_circular_shift_is_a_permutation(images: torch.Tensor) -> None:
+    elements = CircularShift(5).sample(len(images), torch.Generator().manual_seed(0))
+    out = CircularShift(5).apply(images, elements)
+    assert torch.equal(out.flatten(1).sort(dim=1).values, images.flatten(1).sort(dim=1).values)
+    assert torch.equal(CircularShift().apply(out, -elements), images)
+
+
+def test_shift_moves_content_and_fills_zeros() -> None:
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 2, 3] = 1.0
+    out = Shift(4).apply(image, torch.tensor([[1.0, 2.0]]))  # one down, two right
+    assert out[0, 0, 3, 5] == 1.0 and out.sum() == 1.0
+
+
+def test_rotation_by_90_degrees_matches_rot90() -> None:
+    image = torch.rand(1, 1, 9, 9)
+    out = Rotation().apply(image, torch.tensor([[90.0]]))
+    assert torch.allclose(out, torch.rot90(image, 1, dims=(-2, -1)), atol=1e-4)
+
+
+def test_affine_identity_element_is_identity(images: torch.Tensor) -> None:
+    identity = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0]]).repeat(len(images), 1)
+    assert torch.allclose(Affine().apply(images, identity), images, atol=1e-5)
+
+
+def test_affine_pure_rotation_matches_rotation() -> None:
+    image = torch.rand(1, 1, 9, 9)
+    element = torch.tensor([[90.0, 0.0, 0.0, 1.0, 0.0]])
+    assert torch.allclose(Affine().apply(image, element), torch.rot90(image, 1, dims=(-2, -1)), atol=1e-4)
