@@ -14,6 +14,7 @@ demo: $(STAMP)
 	$(BIN)/python -m symtrain fit --config configs/quickstart.yaml
 
 test: $(STAMP)
+	$(BIN)/ruff check symtrain tests scripts
 	$(BIN)/python -m pytest -n 2
 
 install: $(STAMP)

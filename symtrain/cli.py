@@ -8,6 +8,8 @@ offline, a ``summary.json``, test-after-fit, and one-line errors for user mistak
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import re
 import sys
@@ -15,11 +17,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
 from symtrain.backbones import Backbone
@@ -42,11 +45,13 @@ from symtrain.transforms import TransformFamily
 # to floats and augments them on the device, and in-memory tensors need no loader workers.
 warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+# The seed is saved in every run's config.yaml and summary.json; no need to announce it.
+logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
-# Config keys whose value is a plugin, and the base class listing its valid choices.
+# The last segment of a config key whose value is a plugin, and the base class of its choices.
 _PLUGIN_BASES: dict[str, type] = {
-    "model.backbone": Backbone,
-    "model.symmetry": SymmetryStrategy,
+    "backbone": Backbone,
+    "symmetry": SymmetryStrategy,
     "families": TransformFamily,
     "data": ImageDataModule,
 }
@@ -62,28 +67,48 @@ def _subclass_names(base: type) -> list[str]:
     return sorted(names)
 
 
+def _options_of(class_path: str) -> list[str]:
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    return [name for name in inspect.signature(cls).parameters if name not in ("self", "in_channels")]
+
+
 def one_line_error(message: str) -> str:
-    """Condense a jsonargparse error into one line that names the key and the valid choices.
+    r"""Condense a (nested, multi-line) jsonargparse error into one line naming the full key,
+    what is wrong, and the valid choices where there is a list of them.
 
     Examples:
-        >>> one_line_error('Parser key "model.lr":\\n  Expected a <class float>. Got value: "x"')
-        'model.lr: Expected a <class float>. Got value: "x"'
+        >>> one_line_error('Parser key "model.lr":\n  Expected a <class \'float\'>. Got value: x')
+        "model.lr: expected float, got 'x'"
+        >>> one_line_error('Parser key "model.backbone":\n  - Expected a dot import path string: Foo')
+        "model.backbone: unknown class 'Foo' (valid choices: StandardCNN)"
     """
-    key_match = re.search(r'Parser key "([^"]+)"', message)
-    key = key_match.group(1) if key_match else None
+    key = ""
+    for part in re.findall(r'Parser key "([^"]+)"', message):
+        key = part if part.startswith(key) else f"{key}.{part}" if key else part
+    prefix = f"{key}: " if key else ""
+    if unknown := re.search(r"(?:dot import path string|Import path):? (\S+)", message):
+        base = _PLUGIN_BASES.get(key.rpartition(".")[2])
+        choices = f" (valid choices: {', '.join(_subclass_names(base))})" if base else ""
+        return f"{prefix}unknown class {unknown.group(1)!r}{choices}"
+    if option := re.search(r"Option '(\w+)' is not accepted", message):
+        owner = re.search(r"class_path='([\w.]+)'", message)
+        options = _options_of(owner.group(1)) if owner else []
+        valid = f" (options: {', '.join(options)})" if options else ""
+        return f"{prefix}no option {option.group(1)!r}{valid}"
+    if given := re.search(r"Given value: (.*)|Got value: (.*)", message):
+        expected = re.findall(r"Expected an? (?:<class '(\w+)'>|(typing\.Literal\[[^\]]*\]))", message)
+        kinds = [a or b.replace("typing.Literal", "one of ") for a, b in expected]
+        # "or NoneType" only repeats that a key is optional; it never helps fix the value.
+        kinds = " or ".join(dict.fromkeys(k for k in kinds if k != "NoneType" or len(set(kinds)) == 1))
+        value = (given.group(1) or given.group(2)).strip()
+        return f"{prefix}expected {kinds or 'another value'}, got {value!r}"
     lines = [line.strip(" -") for line in message.splitlines()]
     lines = [line for line in lines if line and not line.startswith("Parser key")]
-    detail = lines[0] if lines else message.strip()
-    for line in lines:  # the innermost "Problem with given class_path" says the most
-        if "class_path" in line or "No action for key" in line or "Import path" in line:
-            detail = line
-    text = f"{key}: {detail}" if key else detail
-    if key and ("class_path" in detail or "Import path" in detail or "subclass" in detail):
-        for suffix, base in _PLUGIN_BASES.items():
-            if key == suffix or key.endswith("." + suffix) or key.split(".")[-1] == suffix:
-                text += f" (valid choices: {', '.join(_subclass_names(base))})"
-                break
-    return text
+    return prefix + (lines[-1] if lines else message.strip())
 
 
 class FlatKeysWandbLogger(WandbLogger):
@@ -142,7 +167,7 @@ class SymtrainCLI(LightningCLI):
         options = self.run_options
         names = self._component_names()
         run_name = options.name or default_run_name(
-            names["backbone"], names["strategy"], names["dataset"], names["seed"]
+            names["backbone"], names["strategy"], names["dataset"], names["seed"], self.subcommand
         )
         self.run_dir = create_run_dir(trainer_config["default_root_dir"], run_name)
         if trainer_config.get("logger") in (None, True):
@@ -159,7 +184,11 @@ class SymtrainCLI(LightningCLI):
         kwargs["callbacks"] = [*callbacks, checkpoint]
         if options.quiet:
             kwargs.update(enable_progress_bar=False, enable_model_summary=False)
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except Exception:
+            remove_run(self.run_dir)
+            raise
 
     def _component_names(self) -> dict[str, Any]:
         return {
@@ -183,7 +212,12 @@ class SymtrainCLI(LightningCLI):
                     project=options.project,
                     group=options.group,
                     tags=[names["backbone"], names["strategy"], names["dataset"], *options.tags],
-                    config={**names, "run_dir": str(run_dir), "params": self.model.num_params},
+                    config={
+                        **names,
+                        "params": self.model.num_params,
+                        "run_dir": str(run_dir),
+                        "data": self._get(self.config, "data").as_dict(),
+                    },
                     mode=wandb_mode(),
                     settings=wandb.Settings(silent=options.quiet, console="off"),
                 )
@@ -194,7 +228,9 @@ class SymtrainCLI(LightningCLI):
         # Read from disk, not from the checkpoint callback: testing the best checkpoint restores
         # the callback's state as it was when that checkpoint was written.
         checkpoints = {
-            name: f"checkpoints/{name}.ckpt" if (self.run_dir / "checkpoints" / f"{name}.ckpt").is_file() else None
+            name: f"checkpoints/{name}.ckpt"
+            if (self.run_dir / "checkpoints" / f"{name}.ckpt").is_file()
+            else None
             for name in ("best", "last")
         }
         return {
@@ -223,7 +259,10 @@ class SymtrainCLI(LightningCLI):
         if self.run_options.test_after_fit and not self.trainer.interrupted:
             best = self.trainer.checkpoint_callback.best_model_path
             self.trainer.test(
-                self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=not self.run_options.quiet
+                self.model,
+                datamodule=self.datamodule,
+                ckpt_path=best or None,
+                verbose=not self.run_options.quiet,
             )
             metrics.update(self.trainer.callback_metrics)
         self._finish(metrics)
@@ -235,6 +274,10 @@ class SymtrainCLI(LightningCLI):
         self._finish(dict(self.trainer.callback_metrics))
 
     def after_predict(self) -> None:
+        batches = self.trainer.predict_loop.predictions
+        if self.trainer.is_global_zero and batches:
+            predictions = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+            torch.save(predictions, self.run_dir / "predictions.pt")
         self._finish({})
 
     def _finish(self, metrics: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ training needs (the strategy, the loss, metrics and the optimiser).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -101,13 +102,20 @@ class SymmetryModule(pl.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # Lightning suggests ignoring nn.Module arguments; the strategy holds no weights and
+            # ignoring it would drop it from the config that rebuilds the model on loading.
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
         self.net = SymmetryNet(Normalize(mean, std), backbone(in_channels), num_classes)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
         self.symmetry.check(self.net.backbone)
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
         self.accuracy = nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+            {
+                f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro")
+                for stage in ("train", "val", "test")
+            }
         )
 
     @property

@@ -50,15 +50,20 @@ class RunOptions:
     test_after_fit: bool = True
 
 
-def default_run_name(backbone: str, strategy: str, dataset: str, seed: int | None) -> str:
+def default_run_name(
+    backbone: str, strategy: str, dataset: str, seed: int | None, subcommand: str = "fit"
+) -> str:
     """A readable, sortable name; the timestamp keeps repeated runs apart.
 
     Examples:
-        >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0)[:31]
-        'standardcnn-nosymmetry-shapes-s'
+        >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0)[:33]
+        'standardcnn-nosymmetry-shapes-s0-'
+        >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0, "test")[:38]
+        'standardcnn-nosymmetry-shapes-s0-test-'
     """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{backbone}-{strategy}-{dataset}-s{seed}-{stamp}".lower()
+    stage = "" if subcommand == "fit" else f"{subcommand}-"
+    return f"{backbone}-{strategy}-{dataset}-s{seed}-{stage}{stamp}".lower()
 
 
 def create_run_dir(root: str | os.PathLike, name: str) -> Path:

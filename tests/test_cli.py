@@ -54,7 +54,9 @@ def all_configs() -> list[Path]:
 def test_every_config_parses_on_top_of_the_quickstart(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_cli(["fit", "--config", QUICKSTART, "--config", str(config), "--print_config"], capsys)
+    code, out, err = run_cli(
+        ["fit", "--config", QUICKSTART, "--config", str(config), "--print_config"], capsys
+    )
     assert code == 0, err
     printed = yaml.safe_load(out)
     stacked = yaml.safe_load(config.read_text())
@@ -83,7 +85,9 @@ COMBINATIONS = [
 ]
 
 
-@pytest.mark.parametrize("stack,code,message", COMBINATIONS, ids=lambda v: "+".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "stack,code,message", COMBINATIONS, ids=lambda v: "+".join(v) if isinstance(v, list) else None
+)
 def test_tiny_fit_of_each_combination(
     stack: list[str], code: int, message: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,9 +131,7 @@ def test_folder_config_trains_on_a_users_images(tmp_path: Path, capsys: pytest.C
 def test_data_facts_are_linked_into_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from symtrain.cli import SymtrainCLI
 
-    cli = SymtrainCLI(
-        args=["--config", QUICKSTART, "--data.classes=[L, J, S]", *TINY], run=False
-    )
+    cli = SymtrainCLI(args=["--config", QUICKSTART, "--data.classes=[L, J, S]", *TINY], run=False)
     assert cli.model.hparams.num_classes == 3 == cli.datamodule.num_classes
     assert cli.model.net.head.fc.out_features == 3
     assert tuple(cli.model.hparams.mean) == tuple(cli.datamodule.mean)
@@ -152,15 +154,34 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     runs = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "wandb")
     assert len(runs) == 2
     run = runs[0]
-    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["backbone"] == "StandardCNN" and summary["strategy"] == "NoSymmetry"
     assert summary["dataset"] == "shapes" and summary["seed"] == 0 and summary["params"] > 0
     assert {"val/acc", "val/loss", "test/acc", "test/loss"} <= set(summary["metrics"])
     assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == 0
-    wandb_runs = list((root / "wandb").glob("offline-run-*"))
+    wandb_runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2
+
+    # The run as a user sees it in wandb's terminal dashboard: flat keys to group by, metrics.
+    leet = [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json"]
+    shown = subprocess.run([*leet, str(wandb_runs[0])], env=env, capture_output=True, text=True, timeout=120)
+    record = json.loads(shown.stdout)
+    assert record["state"] == "finished" and record["name"] == run.name
+    assert {k: record["config"][k] for k in ("backbone", "strategy", "dataset", "seed")} == {
+        "backbone": "StandardCNN",
+        "strategy": "NoSymmetry",
+        "dataset": "shapes",
+        "seed": 0,
+    }
+    assert record["summary"]["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
 
     # load_model on the run directory reproduces the logged test accuracy.
     from symtrain.data import SyntheticShapes

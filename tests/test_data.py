@@ -18,9 +18,7 @@ from symtrain.errors import SymtrainError
 SMALL = {"num_train": 64, "num_val": 16, "num_test": 32}
 
 
-def centred(
-    names: list[str], angles: list[float], size: int = 32, cell: float = 4.0
-) -> torch.Tensor:
+def centred(names: list[str], angles: list[float], size: int = 32, cell: float = 4.0) -> torch.Tensor:
     """Noise-free coverage (N, H, W) of shapes centred in the image, one per (name, angle)."""
     labels = torch.tensor([list(SHAPES).index(name) for name in names])
     num = len(names)
@@ -258,9 +256,7 @@ def test_rotate_images_turns_each_image_by_its_angle() -> None:
 # Image folders -------------------------------------------------------------------------------
 
 
-def write_folder(
-    root: Path, splits: dict[str, dict[str, int]], size: int = 8, mode: str = "L"
-) -> None:
+def write_folder(root: Path, splits: dict[str, dict[str, int]], size: int = 8, mode: str = "L") -> None:
     """Write ``count`` images per class per split, each filled with its class's grey level."""
     for split, classes in splits.items():
         for index, (name, count) in enumerate(classes.items()):
@@ -306,6 +302,11 @@ def test_image_folder_layout_errors(tmp_path: Path) -> None:
         ImageFolder(str(tmp_path))
     write_folder(tmp_path, {"test": {"a": 1, "zebra": 1}})
     with pytest.raises(SymtrainError, match="classes zebra that train does not"):
+        ImageFolder(str(tmp_path))
+    (tmp_path / "test" / "zebra" / "0.png").unlink()
+    (tmp_path / "test" / "zebra").rmdir()
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(SymtrainError, match="class folders empty .* hold no"):
         ImageFolder(str(tmp_path))
 
 

@@ -9,7 +9,7 @@ metrics can check claims against measurements.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 

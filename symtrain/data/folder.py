@@ -20,9 +20,7 @@ def _images_in(directory: Path) -> list[Path]:
     return sorted(
         path
         for path in directory.iterdir()
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
-        and not path.name.startswith(".")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
     )
 
 
@@ -116,14 +114,14 @@ class ImageFolder(ImageDataModule):
                     f"{str(base / split)!r} has classes {', '.join(extra)} that train does not: "
                     f"add them to train/ or remove them from {split}/"
                 )
-        first_class = base / "train" / self.class_names[0]
-        first_images = _images_in(first_class)
-        if not first_images:
+        train_images = {name: _images_in(base / "train" / name) for name in self.class_names}
+        empty = [name for name, paths in train_images.items() if not paths]
+        if empty:
             raise SymtrainError(
-                f"{str(first_class)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images: add some or "
-                f"remove the directory"
+                f"class folders {', '.join(empty)} in {str(base / 'train')!r} hold no "
+                f"{'/'.join(IMAGE_SUFFIXES)} images: add some or remove the folders"
             )
-        self._first = first_images[0]
+        self._first = train_images[self.class_names[0]][0]
         mode, (width, height) = self._probe(self._first)
         if width != height:
             raise SymtrainError(

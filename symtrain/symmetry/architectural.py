@@ -31,7 +31,7 @@ class Architectural(SymmetryStrategy):
         super().__init__(families)
         if not self.families:
             raise SymtrainError(
-                "Architectural needs at least one family: set model.symmetry.init_args.families, e.g. [Rot90]"
+                "Architectural needs at least one family: set model.symmetry.families, e.g. [Rot90]"
             )
         self.require_exact = require_exact
 

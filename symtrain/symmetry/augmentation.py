@@ -32,7 +32,7 @@ class Augmentation(SymmetryStrategy):
         super().__init__(families)
         if not self.families:
             raise SymtrainError(
-                "Augmentation needs at least one family: set model.symmetry.init_args.families, e.g. [Rotation]"
+                "Augmentation needs at least one family: set model.symmetry.families, e.g. [Rotation]"
             )
         if not 0.0 <= p <= 1.0:
             raise SymtrainError(f"Augmentation p={p} is not a probability: choose a value in [0, 1]")
