@@ -192,7 +192,7 @@ class SymtrainCLI(LightningCLI):
 
     def _component_names(self) -> dict[str, Any]:
         return {
-            "backbone": type(self.model.net.backbone).__name__,
+            "backbone": self.model.net.backbone.name,
             "strategy": type(self.model.symmetry).__name__,
             "dataset": self.datamodule.name,
             "seed": self._get(self.config, "seed_everything"),

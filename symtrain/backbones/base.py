@@ -32,6 +32,11 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, out_channels, h, w)
         raise NotImplementedError
 
+    @property
+    def name(self) -> str:
+        """Short name of this configuration, e.g. ``EquivariantCNN-D4``: what dashboards group by."""
+        return type(self).__name__
+
     def declared_symmetries(self) -> dict[str, Exactness]:
         """Families the globally pooled features are invariant to, and how exactly."""
         return {}

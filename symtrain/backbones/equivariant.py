@@ -1,0 +1,354 @@
+"""Group-equivariant CNNs built with escnn: symmetry by construction.
+
+Every layer commutes with the action of a group G of rotations (and reflections) of the plane:
+C_N and D_N act on regular fields with pointwise ReLUs; SO(2) and O(2) act on band-limited
+Fourier fields with Fourier-sampled ReLUs. An invariant map (group pooling or norm pooling)
+at the end hands the head features that do not change under G.
+
+On a pixel grid only rot90 and flips are exact, and only if every subsampling step keeps the
+sampling grid symmetric under them. :class:`SymmetricBlurPool` subsamples with a grid that is
+symmetric for *every* square size (odd sizes keep pixels 0, 2, ..., S-1; even sizes average
+2x2 blocks), so C4/D4 models are exactly invariant at 28, 29, 32, 33 or any other size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from escnn import gspaces
+from escnn import nn as enn
+from kornia.filters import filter2d
+from kornia.filters.kernels import get_pascal_kernel_2d
+from torch import Tensor, nn
+
+from symtrain.backbones.base import Backbone
+from symtrain.errors import SymtrainError
+from symtrain.transforms import Exactness
+
+Group = Literal["C", "D", "SO2", "O2"]
+
+
+def symmetric_blur_pool(features: Tensor, kernel: Tensor) -> Tensor:
+    """Low-pass filter, then halve the resolution on a grid symmetric under rot90 and flips.
+
+    Args:
+        features: (B, C, S, S) feature map.
+        kernel: (k, k) normalised low-pass kernel, k odd.
+
+    Returns:
+        (B, C, ceil(S / 2), ceil(S / 2)).
+    """
+    # kornia's filter2d pads symmetrically (zeros), so the blur itself commutes with rot90.
+    blurred = filter2d(features, kernel[None], border_type="constant")
+    if features.shape[-1] % 2 == 1:
+        return blurred[..., ::2, ::2]  # pixels 0, 2, ..., S-1: symmetric about the centre
+    return F.avg_pool2d(blurred, 2)  # block centres 0.5, 2.5, ..., S-1.5: symmetric too
+
+
+class BlurPool(nn.Module):
+    """Plain-torch :func:`symmetric_blur_pool`, what :class:`SymmetricBlurPool` exports to."""
+
+    def __init__(self, kernel: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("kernel", kernel)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return symmetric_blur_pool(features, self.kernel)
+
+
+class SymmetricBlurPool(enn.EquivariantModule):
+    """Anti-aliased stride-2 pooling for any field type.
+
+    Blurring and subsampling act on each channel alike, so they commute with any
+    representation on the channels: this pools regular and Fourier fields the same way,
+    which escnn's pointwise pooling modules cannot.
+
+    Args:
+        in_type: the field type of the features.
+        filter_size: side of the binomial low-pass filter (odd).
+    """
+
+    def __init__(self, in_type: enn.FieldType, filter_size: int = 3) -> None:
+        super().__init__()
+        self.in_type = self.out_type = in_type
+        self.register_buffer("kernel", get_pascal_kernel_2d(filter_size, norm=True))
+
+    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
+        return enn.GeometricTensor(symmetric_blur_pool(input.tensor, self.kernel), self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*input_shape[:2], *((size + 1) // 2 for size in input_shape[2:]))
+
+    def export(self) -> nn.Module:
+        return BlurPool(self.kernel.clone())
+
+
+class FourierActivation(nn.Module):
+    """Plain-torch export of :class:`escnn.nn.FourierPointwise`: sample the fields on a group
+    grid, apply the nonlinearity pointwise, and project back (escnn has no export for it)."""
+
+    def __init__(self, module: enn.FourierPointwise) -> None:
+        super().__init__()
+        self.field_size = module.rho.size
+        self.register_buffer("A", module.A.clone())
+        self.register_buffer("Ainv", module.Ainv.clone())
+        self.function = module._function
+
+    def forward(self, features: Tensor) -> Tensor:
+        batch, channels, *spatial = features.shape
+        fields = features.view(batch, channels // self.field_size, self.field_size, *spatial)
+        samples = self.function(torch.einsum("bcf...,gf->bcg...", fields, self.A))
+        return torch.einsum("bcg...,fg->bcf...", samples, self.Ainv).reshape(batch, channels, *spatial)
+
+
+class NormPool(nn.Module):
+    """Plain-torch export of :class:`escnn.nn.NormPool` for fields of one size."""
+
+    def __init__(self, field_size: int) -> None:
+        super().__init__()
+        self.field_size = field_size
+
+    def forward(self, features: Tensor) -> Tensor:
+        batch, channels, *spatial = features.shape
+        return features.view(batch, channels // self.field_size, self.field_size, *spatial).norm(dim=2)
+
+
+class DiskMask(nn.Module):
+    """Zero everything outside the disk inscribed in the image, with a one-pixel soft edge.
+
+    Continuous rotations move the corners out of the frame and new content in; masking to the
+    disk makes the input's support rotation invariant. escnn's ``MaskModule`` needs the image
+    size when the model is built; this computes the mask for whatever size arrives.
+    """
+
+    def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W)
+        height, width = images.shape[-2:]
+        y = torch.arange(height, device=images.device, dtype=images.dtype) - (height - 1) / 2
+        x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
+        radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+        return images * (min(height, width) / 2 - radius).clamp(0, 1)
+
+
+def _drop_cached_filters(state: dict[str, Any], prefix: str) -> None:
+    for key in [k for k in state if k.startswith(prefix) and k.endswith((".filter", ".expanded_bias"))]:
+        del state[key]
+
+
+class EquivariantCNN(Backbone):
+    """An escnn CNN equivariant to C_N, D_N, SO(2) or O(2), with invariant output features.
+
+    Topology mirrors :class:`~symtrain.backbones.StandardCNN`: ``depth`` stages of
+    ``convs_per_stage`` (conv, batch norm, nonlinearity) blocks, each stage ending in
+    anti-aliased stride-2 pooling, then an invariant map (group pooling for C_N/D_N, norm
+    pooling for SO(2)/O(2)). Stage s targets ``width * 2**s`` channels, like StandardCNN;
+    ``width_rule`` turns that into a number of fields of size d (d = |G| for regular fields):
+
+    - ``channels``: ``width * 2**s / d`` fields, so feature maps have as many channels as
+      StandardCNN's (and about d times fewer parameters);
+    - ``params``: ``width * 2**s / sqrt(d)`` fields, so the parameter count roughly matches.
+
+    Args:
+        in_channels: image channels (linked from the data by the CLI).
+        group: ``C`` (rotations by 360/N), ``D`` (plus reflections), ``SO2``, ``O2``.
+        order: N for C_N and D_N; ignored for SO2/O2.
+        width: StandardCNN-equivalent channels of the first stage.
+        depth: number of stages.
+        convs_per_stage: equivariant convolutions per stage.
+        kernel_size: odd kernel size of the convolutions.
+        width_rule: ``channels`` or ``params`` (see above).
+        max_frequency: band limit of SO2/O2 fields.
+        grid_size: group elements sampled by the Fourier nonlinearity of SO2/O2 (for O2 half
+            are reflections); rot90 stays exact when the grid holds the quarter turns.
+        restrict_from_stage: from this stage on, keep only the rotation subgroup (D_N -> C_N,
+            O(2) -> SO(2)), like the D16|5C16 models of Weiler & Cesa (2019); None keeps G.
+        blur_size: side of the binomial filter of the anti-aliased pooling.
+        disk_mask: mask the input to its inscribed disk (for continuous rotations).
+
+    Examples:
+        >>> net = EquivariantCNN(in_channels=1, group="C", order=4, width=8, depth=2)
+        >>> x = torch.rand(2, 1, 29, 29)
+        >>> features = net.eval()(x)
+        >>> features.shape
+        torch.Size([2, 4, 8, 8])
+        >>> rotated = net(torch.rot90(x, 1, dims=(-2, -1)))
+        >>> torch.allclose(rotated.mean((-2, -1)), features.mean((-2, -1)), atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        group: Group = "C",
+        order: int = 4,
+        width: int = 16,
+        depth: int = 3,
+        convs_per_stage: int = 2,
+        kernel_size: int = 5,
+        width_rule: Literal["channels", "params"] = "channels",
+        max_frequency: int = 3,
+        grid_size: int = 16,
+        restrict_from_stage: int | None = None,
+        blur_size: int = 3,
+        disk_mask: bool = False,
+    ) -> None:
+        super().__init__()
+        if group in ("C", "D") and order < 1:
+            raise SymtrainError(f"model.backbone.order={order}: a C_N or D_N group needs N >= 1")
+        if kernel_size % 2 == 0 or blur_size % 2 == 0:
+            raise SymtrainError("kernel_size and blur_size must be odd, so padding stays symmetric")
+        if restrict_from_stage is not None and (group in ("C", "SO2") or not 0 < restrict_from_stage < depth):
+            raise SymtrainError(
+                f"restrict_from_stage={restrict_from_stage} needs a D or O2 group "
+                f"and a stage in 1..{depth - 1}"
+            )
+        self.group, self.order, self.grid_size = group, order, grid_size
+        self.restrict_from_stage = restrict_from_stage
+        self.mask = DiskMask() if disk_mask else nn.Identity()
+
+        gspace = self._gspace(group)
+        field_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
+        self.in_type = field_type
+        layers: list[enn.EquivariantModule] = []
+        for stage in range(depth):
+            if stage == restrict_from_stage:
+                # Keep only the rotations: the features become fields of the subgroup, on
+                # which the following convolutions are built.
+                layers.append(enn.RestrictionModule(field_type, (None, order if group == "D" else -1)))
+                field_type = layers[-1].out_type
+                gspace = field_type.gspace
+            for _ in range(convs_per_stage):
+                channels = width * 2**stage
+                block = self._block(gspace, field_type, channels, kernel_size, width_rule, max_frequency)
+                layers.extend(block)
+                field_type = block[-1].out_type
+            layers.append(SymmetricBlurPool(field_type, blur_size))
+        if _is_regular(field_type):
+            layers.append(enn.GroupPooling(field_type))
+        else:
+            layers.append(enn.NormPool(field_type))
+        self.layers = enn.SequentialModule(*layers)
+        self.out_channels = layers[-1].out_type.size
+        # escnn caches expanded filters as buffers in eval mode only, so a state dict's keys
+        # would depend on the mode it was saved in. The cache is kept out of state dicts
+        # (non-persistent), dropped from incoming ones, and rebuilt from newly loaded weights.
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._cache_is_not_state())
+        self._register_load_state_dict_pre_hook(self._before_load)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
+
+    def _gspace(self, group: Group) -> gspaces.GSpace2D:
+        if group == "C":
+            return gspaces.rot2dOnR2(self.order)
+        if group == "D":
+            return gspaces.flipRot2dOnR2(self.order)
+        if group == "SO2":
+            return gspaces.rot2dOnR2(-1)
+        return gspaces.flipRot2dOnR2(-1)
+
+    def _block(
+        self,
+        gspace: gspaces.GSpace2D,
+        in_type: enn.FieldType,
+        channels: int,
+        kernel_size: int,
+        width_rule: str,
+        max_frequency: int,
+    ) -> list[enn.EquivariantModule]:
+        if gspace.fibergroup.order() > 0:  # finite group: regular fields, pointwise ReLU
+            field_size = gspace.regular_repr.size
+            fields = self._fields(channels, field_size, width_rule)
+            out_type = enn.FieldType(gspace, fields * [gspace.regular_repr])
+            return [
+                enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=False),
+                enn.InnerBatchNorm(out_type),
+                enn.ReLU(out_type, inplace=True),
+            ]
+        # SO(2)/O(2): band-limited Fourier fields and a nonlinearity sampled on a group grid.
+        irreps = gspace.fibergroup.bl_irreps(max_frequency)
+        grid = {"N": self.grid_size} if gspace.fibergroup.name == "SO(2)" else {"N": self.grid_size // 2}
+        probe = enn.FourierPointwise(gspace, 1, irreps, function="p_relu", **grid)
+        fields = self._fields(channels, probe.in_type.size, width_rule)
+        activation = enn.FourierPointwise(gspace, fields, irreps, function="p_relu", **grid)
+        return [
+            enn.R2Conv(in_type, activation.in_type, kernel_size, padding=kernel_size // 2, bias=False),
+            enn.IIDBatchNorm2d(activation.in_type),
+            activation,
+        ]
+
+    @staticmethod
+    def _fields(channels: int, field_size: int, width_rule: str) -> int:
+        per_field = field_size if width_rule == "channels" else math.sqrt(field_size)
+        return max(1, round(channels / per_field))
+
+    def train(self, mode: bool = True) -> EquivariantCNN:
+        # escnn expands and caches the filters when switching to eval mode; without no_grad the
+        # cache would hold an autograd graph (memory, and deepcopy refuses non-leaf tensors).
+        with torch.no_grad():
+            return super().train(mode)
+
+    def _before_load(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        _drop_cached_filters(state, prefix)
+        self._cache_is_not_state()
+
+    def _cache_is_not_state(self) -> None:
+        for module in self.modules():
+            if isinstance(module, enn.R2Conv):
+                module._non_persistent_buffers_set.update({"filter", "expanded_bias"})
+
+    def _refresh_filters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, enn.R2Conv) and not module.training:
+                module.train(True)
+                with torch.no_grad():
+                    module.train(False)
+
+    def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_channels, h, w)
+        features = enn.GeometricTensor(self.mask(images), self.in_type)
+        return self.layers(features).tensor
+
+    def export(self) -> nn.Module:
+        """The same network as plain torch modules (no escnn at inference), in eval mode."""
+        training = self.training
+        self.train(True)  # drops escnn's filter cache, which may hold an autograd graph
+        model = copy.deepcopy(self).eval()
+        self.train(training)
+        exported: list[nn.Module] = [model.mask]
+        for layer in model.layers.children():
+            if isinstance(layer, enn.FourierPointwise):
+                exported.append(FourierActivation(layer))
+            elif isinstance(layer, enn.NormPool):
+                exported.append(NormPool(layer.in_type.representations[0].size))
+            else:
+                exported.append(layer.export())
+        return nn.Sequential(*exported).eval()
+
+    @property
+    def name(self) -> str:
+        group = f"{self.group}{self.order}" if self.group in ("C", "D") else self.group
+        restricted = f"|{'C' if self.group == 'D' else 'SO2'}" if self.restrict_from_stage is not None else ""
+        return f"{type(self).__name__}-{group}{restricted}"
+
+    def declared_symmetries(self) -> dict[str, Exactness]:
+        if self.group in ("C", "D"):
+            rotations = self.order
+        else:  # the Fourier nonlinearity is exact for the rotations on its grid
+            rotations = self.grid_size if self.group == "SO2" else self.grid_size // 2
+        declared: dict[str, Exactness] = {
+            "rotation": "approximate",
+            "shift": "approximate",
+            "circular_shift": "approximate",
+        }
+        if rotations % 4 == 0:
+            declared["rot90"] = "exact"
+        reflections = self.group in ("D", "O2") and self.restrict_from_stage is None
+        if reflections and (self.group == "O2" or self.order % 2 == 0):
+            declared["flip"] = "exact"  # with rot180 in G, both mirror axes are in G
+        return declared
+
+
+def _is_regular(field_type: enn.FieldType) -> bool:
+    """Regular fields (finite groups) allow pointwise maps such as ReLU and group pooling."""
+    return all("pointwise" in rep.supported_nonlinearities for rep in field_type.representations)
