@@ -1,6 +1,6 @@
 """Save a grid of SyntheticShapes samples as a PNG, to see what a run trains on.
 
-    python scripts/show_shapes.py --orientation any --out shapes.png
+python scripts/show_shapes.py --orientation any --out shapes.png
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import symtrain.data  # noqa: F401  (makes the data modules' short names resolva
 from symtrain.backbones import Backbone
 from symtrain.data import ImageDataModule
 from symtrain.errors import SymtrainError
+from symtrain.metrics import EquivarianceMetrics
 from symtrain.module import SymmetryModule
 from symtrain.runs import (
     RunOptions,
@@ -84,7 +85,7 @@ def one_line_error(message: str) -> str:
         >>> one_line_error('Parser key "model.lr":\n  Expected a <class \'float\'>. Got value: x')
         "model.lr: expected float, got 'x'"
         >>> one_line_error('Parser key "model.backbone":\n  - Expected a dot import path string: Foo')
-        "model.backbone: unknown class 'Foo' (valid choices: StandardCNN)"
+        "model.backbone: unknown class 'Foo' (valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN)"
     """
     key = ""
     for part in re.findall(r'Parser key "([^"]+)"', message):
@@ -150,6 +151,7 @@ class SymtrainCLI(LightningCLI):
         for name in ("num_classes", "in_channels", "mean", "std"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_class_arguments(RunOptions, "run")
+        parser.add_lightning_class_args(EquivarianceMetrics, "metrics")
 
     @property
     def run_options(self) -> RunOptions:
@@ -238,8 +240,28 @@ class SymtrainCLI(LightningCLI):
             **self._component_names(),
             "params": self.model.num_params,
             "metrics": to_jsonable(metrics),
+            "curves": self._curves(),
             "checkpoints": checkpoints,
         }
+
+    def _curves(self) -> dict[str, dict[str, list[float]]]:
+        callbacks = [c for c in self.trainer.callbacks if isinstance(c, EquivarianceMetrics)]
+        return callbacks[0].curves if callbacks else {}
+
+    def _log_curves_to_wandb(self) -> None:
+        """Accuracy against rotation angle and shift as wandb tables with line plots."""
+        import wandb
+
+        for logger in self.trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            for name, curve in self._curves().items():
+                axis = next(key for key in curve if key != "acc")
+                table = wandb.Table(
+                    columns=[axis, "acc"], data=[list(p) for p in zip(curve[axis], curve["acc"], strict=True)]
+                )
+                title = f"{name}: accuracy vs {axis}"
+                logger.experiment.log({f"{name}/acc_curve": wandb.plot.line(table, axis, "acc", title=title)})
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -283,6 +305,8 @@ class SymtrainCLI(LightningCLI):
     def _finish(self, metrics: dict[str, Any]) -> None:
         if self.trainer.is_global_zero:
             write_summary(self.run_dir, self._summary(metrics))
+            if "wandb" in sys.modules:
+                self._log_curves_to_wandb()
         for logger in self.trainer.loggers:
             logger.finalize("success")
         if sys.modules.get("wandb") is not None and sys.modules["wandb"].run is not None:

@@ -147,12 +147,16 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", export: bool = False
+) -> nn.Module:
     """Load a trained network from a checkpoint or a run directory.
 
     Args:
         path: a ``.ckpt`` file, or a run directory (its best checkpoint is used).
         map_location: device to load the weights onto.
+        export: replace a backbone that can export itself (escnn models) by its plain-torch
+            equivalent: same outputs, no escnn at inference.
 
     Returns:
         The network in eval mode: a plain ``nn.Module`` mapping a float image batch in
@@ -167,4 +171,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     checkpoint = find_checkpoint(path)
     module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location)
-    return module.net.eval()
+    net = module.net.eval()
+    if export and hasattr(net.backbone, "export"):
+        net.backbone = net.backbone.export()
+    return net

@@ -55,6 +55,26 @@ class TransformFamily:
         """Act on ``images`` (B, C, H, W) with one element per sample, ``elements`` (B, P)."""
         raise NotImplementedError
 
+    def test_elements(self, count: int = 4) -> Tensor:
+        """Fixed elements that measurements apply, shape (E, P); seeded, never the identity."""
+        elements = self.sample(4 * count, torch.Generator().manual_seed(0))
+        is_identity = (elements == self.identity()).all(dim=1)
+        return elements[~is_identity][:count]
+
+    def identity(self) -> Tensor:
+        """The identity element, shape (P,)."""
+        return torch.zeros(self.sample(1, torch.Generator().manual_seed(0)).shape[1])
+
+    def layer_element(self, stride: int) -> Tensor | None:
+        """An element whose action on a feature map of cumulative ``stride`` is exact, (P,),
+        or None when the family has no exact action on feature maps."""
+        return None
+
+    def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
+        """The spatial part of ``element``'s action on a feature map (B, C, h, w) whose cells are
+        ``stride`` input pixels apart; None where it is not a permutation of cells."""
+        return None
+
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
         """A kornia augmentation drawing random elements of this family with probability p."""
         raise NotImplementedError
@@ -85,6 +105,15 @@ class Rot90(TransformFamily):
                 out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
         return out
 
+    def test_elements(self, count: int = 4) -> Tensor:
+        return torch.tensor([[1.0], [2.0], [3.0]])
+
+    def layer_element(self, stride: int) -> Tensor | None:
+        return torch.tensor([1.0])
+
+    def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
+        return torch.rot90(features, int(element[0]) % 4, dims=(-2, -1))
+
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
         return K.RandomRotation90(times=(0, 3), p=p)
 
@@ -111,6 +140,15 @@ class Flip(TransformFamily):
         dim = -1 if self.axis == "horizontal" else -2
         flipped = elements[:, 0].round().bool().view(-1, *([1] * (images.dim() - 1)))
         return torch.where(flipped, images.flip(dim), images)
+
+    def test_elements(self, count: int = 4) -> Tensor:
+        return torch.tensor([[1.0]])
+
+    def layer_element(self, stride: int) -> Tensor | None:
+        return torch.tensor([1.0])
+
+    def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
+        return self.apply(features, element.view(1, -1).expand(len(features), -1))
 
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
         if self.axis == "horizontal":
@@ -148,6 +186,15 @@ class CircularShift(TransformFamily):
             chosen = (shifts == shift).all(dim=1)
             out[chosen] = torch.roll(images[chosen], (int(shift[0]), int(shift[1])), dims=(-2, -1))
         return out
+
+    def layer_element(self, stride: int) -> Tensor | None:
+        return torch.tensor([float(stride), float(stride)])
+
+    def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
+        dy, dx = (int(v) for v in element.round())
+        if dy % stride or dx % stride:
+            return None  # a shift by a fraction of a cell has no exact action on the map
+        return torch.roll(features, (dy // stride, dx // stride), dims=(-2, -1))
 
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
         raise SymtrainError(
@@ -257,6 +304,9 @@ class Affine(TransformFamily):
             ],
             dim=1,
         )
+
+    def identity(self) -> Tensor:
+        return torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         height, width = images.shape[-2:]

@@ -166,6 +166,15 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     assert summary["backbone"] == "StandardCNN" and summary["strategy"] == "NoSymmetry"
     assert summary["dataset"] == "shapes" and summary["seed"] == 0 and summary["params"] > 0
     assert {"val/acc", "val/loss", "test/acc", "test/loss"} <= set(summary["metrics"])
+    # every run measures its invariance: in summary.json, the CSV log and wandb alike
+    families = ("rot90", "flip", "circular_shift", "shift", "rotation")
+    measures = ("invariance_error", "consistency", "acc")
+    equiv = {f"test/equiv/{family}/{measure}" for family in families for measure in measures}
+    assert equiv <= set(summary["metrics"])
+    assert {"test/equiv/rot90/layer/stage1", "test/equiv/rotation/error_floor"} <= set(summary["metrics"])
+    assert len(summary["curves"]["test/rotation"]["angle"]) == 24
+    csv_columns = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert equiv <= set(csv_columns)
     assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == 0
     wandb_runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2
@@ -182,6 +191,9 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         "seed": 0,
     }
     assert record["summary"]["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
+    assert record["summary"]["test/equiv/rot90/invariance_error"] == pytest.approx(
+        summary["metrics"]["test/equiv/rot90/invariance_error"]
+    )
 
     # load_model on the run directory reproduces the logged test accuracy.
     from symtrain.data import SyntheticShapes
@@ -195,3 +207,28 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         predictions = net(test.images.float() / 255).argmax(dim=1)
     accuracy = (predictions == test.labels).float().mean().item()
     assert accuracy == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("backbone", sorted((CONFIGS / "backbone").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_backbone_config_trains_and_reloads(
+    backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fit -> load_model reproduces the logged test accuracy; exported models agree."""
+    from symtrain.data import SyntheticShapes
+
+    args = ["fit", "--config", QUICKSTART, "--config", str(backbone), "--config", DEBUG, *TINY]
+    args += ["--model.backbone.depth=2", f"--trainer.default_root_dir={tmp_path}"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    run = only_run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    data = SyntheticShapes(num_train=256, num_val=64, num_test=64)
+    data.setup("test")
+    test = data.splits["test"]
+    images = test.images.float() / 255
+    with torch.no_grad():
+        logits = load_model(run)(images)
+        exported = load_model(run, export=True)(images)
+    accuracy = (logits.argmax(dim=1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
+    assert torch.allclose(exported, logits, atol=1e-5)

@@ -28,7 +28,10 @@ TINY = [
 
 # (extra arguments, text the single line of error must contain)
 MISTAKES = [
-    (["--model.backbone", "Resnet"], "model.backbone: unknown class 'Resnet' (valid choices: StandardCNN)"),
+    (
+        ["--model.backbone", "Resnet"],
+        "model.backbone: unknown class 'Resnet' (valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN)",
+    ),
     (["--model.symmetry", "Augmentatoin"], "unknown class 'Augmentatoin' (valid choices: Architectural"),
     (["--data", "Imagenet"], "data: unknown class 'Imagenet' (valid choices: CIFAR10, ImageFolder"),
     (["--model.symmetry", "Augmentation", "--model.symmetry.families", "[Rot91]"], "valid choices: Affine"),
@@ -104,6 +107,7 @@ def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "symtrain: error: model.backbone: unknown class 'Resnet' (valid choices: StandardCNN) (see --help)"
+        "symtrain: error: model.backbone: unknown class 'Resnet' "
+        "(valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN) (see --help)"
     ]
     assert done.stdout == "" and not (tmp_path / "runs").exists()

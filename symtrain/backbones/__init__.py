@@ -1,6 +1,8 @@
 """Feature extractors; importing this package makes their short class names usable in configs."""
 
+from symtrain.backbones.antialiased import AntialiasedCNN
 from symtrain.backbones.base import Backbone, BackboneFactory
 from symtrain.backbones.cnn import StandardCNN
+from symtrain.backbones.equivariant import EquivariantCNN
 
-__all__ = ["Backbone", "BackboneFactory", "StandardCNN"]
+__all__ = ["AntialiasedCNN", "Backbone", "BackboneFactory", "StandardCNN", "EquivariantCNN"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from symtrain.transforms import Exactness
+from symtrain.transforms import Exactness, TransformFamily
 
 
 class Backbone(nn.Module):
@@ -40,6 +40,22 @@ class Backbone(nn.Module):
     def declared_symmetries(self) -> dict[str, Exactness]:
         """Families the globally pooled features are invariant to, and how exactly."""
         return {}
+
+    def layer_strides(self) -> dict[str, int]:
+        """Named intermediate feature maps and their cumulative strides, for layer-wise
+        equivariance measurements (none by default)."""
+        return {}
+
+    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        """The feature maps named by :meth:`layer_strides` for normalised ``images``."""
+        return {}
+
+    def act_on_layer(
+        self, name: str, family: TransformFamily, element: Tensor, features: Tensor
+    ) -> Tensor | None:
+        """How ``element`` of ``family`` acts on layer ``name``'s features, or None if it cannot
+        act exactly. By default only spatially: plain channels carry no group action."""
+        return family.act_on_features(features, element, self.layer_strides()[name])
 
 
 BackboneFactory = Callable[[int], Backbone]

@@ -2,22 +2,83 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 from torch import Tensor, nn
 
 from symtrain.backbones.base import Backbone
 from symtrain.transforms import Exactness
 
+ConvPadding = Literal["zeros", "circular"]
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, padding_mode: ConvPadding = "zeros"
+) -> nn.Sequential:
     """A 'same'-padded convolution, batch norm and ReLU."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            padding_mode=padding_mode,
+            bias=False,
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
 
-class StandardCNN(Backbone):
+def conv_stages(
+    in_channels: int,
+    width: int,
+    depth: int,
+    convs_per_stage: int,
+    kernel_size: int,
+    downsample: Callable[[], nn.Module],
+    padding_mode: ConvPadding = "zeros",
+) -> tuple[nn.Sequential, int]:
+    """Conv-BN-ReLU stages, stage ``i`` with ``width * 2**i`` channels, each ending in ``downsample()``.
+
+    The layers sit flat in one ``nn.Sequential`` so that every CNN built here has the same
+    state-dict keys (``0.0.weight``, ...) whatever its downsampling: weights move between them.
+
+    Returns:
+        The layers and the channels of their output.
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for stage in range(depth):
+        stage_channels = width * 2**stage
+        for _ in range(convs_per_stage):
+            layers.append(conv_bn_relu(channels, stage_channels, kernel_size, padding_mode))
+            channels = stage_channels
+        layers.append(downsample())
+    return nn.Sequential(*layers), channels
+
+
+class _StagedCNN(Backbone):
+    """Shared by the CNNs built with :func:`conv_stages`: each stage's output is a named layer."""
+
+    layers: nn.Sequential
+    depth: int
+
+    def layer_strides(self) -> dict[str, int]:
+        return {f"stage{stage + 1}": 2 ** (stage + 1) for stage in range(self.depth)}
+
+    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        per_stage = len(self.layers) // self.depth  # every stage ends in its downsampling
+        outputs, features = {}, images
+        for index, layer in enumerate(self.layers):
+            features = layer(features)
+            if (index + 1) % per_stage == 0:
+                outputs[f"stage{(index + 1) // per_stage}"] = features
+        return outputs
+
+
+class StandardCNN(_StagedCNN):
     """Conv-BN-ReLU stages, each followed by 2x2 max-pooling with stride 2.
 
     Convolutions are shift-equivariant, but max-pooling with stride aliases, so the pooled
@@ -46,16 +107,15 @@ class StandardCNN(Backbone):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for stage in range(depth):
-            stage_channels = width * 2**stage
-            for _ in range(convs_per_stage):
-                layers.append(conv_bn_relu(channels, stage_channels, kernel_size))
-                channels = stage_channels
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        self.layers = nn.Sequential(*layers)
-        self.out_channels = channels
+        self.depth = depth
+        self.layers, self.out_channels = conv_stages(
+            in_channels,
+            width,
+            depth,
+            convs_per_stage,
+            kernel_size,
+            downsample=lambda: nn.MaxPool2d(kernel_size=2, stride=2),
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.layers(images)  # (B, width * 2**(depth-1), H / 2**depth, W / 2**depth)

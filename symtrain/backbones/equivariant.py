@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from symtrain.backbones.base import Backbone
 from symtrain.errors import SymtrainError
-from symtrain.transforms import Exactness
+from symtrain.transforms import Exactness, TransformFamily
 
 Group = Literal["C", "D", "SO2", "O2"]
 
@@ -115,6 +115,19 @@ class NormPool(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         batch, channels, *spatial = features.shape
         return features.view(batch, channels // self.field_size, self.field_size, *spatial).norm(dim=2)
+
+
+class GroupMaxPool(nn.Module):
+    """Plain-torch export of :class:`escnn.nn.GroupPooling`: the maximum over each regular field
+    (escnn's own export still needs escnn at inference)."""
+
+    def __init__(self, field_size: int) -> None:
+        super().__init__()
+        self.field_size = field_size
+
+    def forward(self, features: Tensor) -> Tensor:
+        batch, channels, *spatial = features.shape
+        return features.view(batch, channels // self.field_size, self.field_size, *spatial).amax(dim=2)
 
 
 class DiskMask(nn.Module):
@@ -208,6 +221,7 @@ class EquivariantCNN(Backbone):
         self.group, self.order, self.grid_size = group, order, grid_size
         self.restrict_from_stage = restrict_from_stage
         self.mask = DiskMask() if disk_mask else nn.Identity()
+        self._representations: dict[tuple, Tensor] = {}
 
         gspace = self._gspace(group)
         field_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
@@ -309,6 +323,45 @@ class EquivariantCNN(Backbone):
         features = enn.GeometricTensor(self.mask(images), self.in_type)
         return self.layers(features).tensor
 
+    def layer_strides(self) -> dict[str, int]:
+        pools = sum(isinstance(layer, SymmetricBlurPool) for layer in self.layers.children())
+        return {**{f"stage{i + 1}": 2 ** (i + 1) for i in range(pools)}, "invariant": 2**pools}
+
+    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        outputs, features = {}, enn.GeometricTensor(self.mask(images), self.in_type)
+        for layer in self.layers.children():
+            features = layer(features)
+            if isinstance(layer, SymmetricBlurPool):
+                outputs[f"stage{len(outputs) + 1}"] = features.tensor
+        outputs["invariant"] = features.tensor
+        return outputs
+
+    def act_on_layer(
+        self, name: str, family: TransformFamily, element: Tensor, features: Tensor
+    ) -> Tensor | None:
+        """Spatial action, then the fields' representation on the channels (pure torch: escnn's
+        ``GeometricTensor.transform`` goes through numpy on the CPU)."""
+        spatial = family.act_on_features(features, element, self.layer_strides()[name])
+        if spatial is None or family.name not in ("rot90", "flip"):
+            return spatial  # translations act on the grid only
+        field_type = self._layer_types()[name]
+        group_element = _group_element(field_type.gspace.fibergroup, family, element)
+        if group_element is None:
+            return None
+        key = (name, family.name, tuple(element.tolist()), str(features.device), features.dtype)
+        if key not in self._representations:
+            matrix = field_type.representation(group_element)
+            self._representations[key] = torch.as_tensor(matrix, dtype=features.dtype, device=features.device)
+        return torch.einsum("oc,bc...->bo...", self._representations[key], spatial)
+
+    def _layer_types(self) -> dict[str, enn.FieldType]:
+        types: dict[str, enn.FieldType] = {}
+        for layer in self.layers.children():
+            if isinstance(layer, SymmetricBlurPool):
+                types[f"stage{len(types) + 1}"] = layer.out_type
+        types["invariant"] = list(self.layers.children())[-1].out_type
+        return types
+
     def export(self) -> nn.Module:
         """The same network as plain torch modules (no escnn at inference), in eval mode."""
         training = self.training
@@ -321,6 +374,8 @@ class EquivariantCNN(Backbone):
                 exported.append(FourierActivation(layer))
             elif isinstance(layer, enn.NormPool):
                 exported.append(NormPool(layer.in_type.representations[0].size))
+            elif isinstance(layer, enn.GroupPooling):
+                exported.append(GroupMaxPool(layer.in_type.representations[0].size))
             else:
                 exported.append(layer.export())
         return nn.Sequential(*exported).eval()
@@ -328,7 +383,8 @@ class EquivariantCNN(Backbone):
     @property
     def name(self) -> str:
         group = f"{self.group}{self.order}" if self.group in ("C", "D") else self.group
-        restricted = f"|{'C' if self.group == 'D' else 'SO2'}" if self.restrict_from_stage is not None else ""
+        subgroup = f"C{self.order}" if self.group == "D" else "SO2"
+        restricted = f"_{subgroup}" if self.restrict_from_stage is not None else ""  # D4_C4 = D4|C4
         return f"{type(self).__name__}-{group}{restricted}"
 
     def declared_symmetries(self) -> dict[str, Exactness]:
@@ -347,6 +403,26 @@ class EquivariantCNN(Backbone):
         if reflections and (self.group == "O2" or self.order % 2 == 0):
             declared["flip"] = "exact"  # with rot180 in G, both mirror axes are in G
         return declared
+
+
+def _group_element(group: Any, family: TransformFamily, element: Tensor) -> Any:
+    """The element of an escnn group that acts like ``family``'s ``element`` on the pixel grid,
+    or None when the group does not contain it. ``torch.rot90(x, 1, (-2, -1))`` is escnn's
+    rotation by +90 degrees and ``x.flip(-1)`` its reflection (1, 0), both checked in tests."""
+    quarter_turns = int(element[0]) % 4 if family.name == "rot90" else 0
+    flip = family.name == "flip" and bool(element[0])
+    if flip and getattr(family, "axis", "horizontal") == "vertical":
+        quarter_turns = 2  # a vertical flip is the horizontal one followed by a half turn
+    if group.name.startswith(("C", "D")):
+        order = int(group.name[1:])
+        if (order * quarter_turns) % 4 or (flip and group.name.startswith("C")):
+            return None
+        rotation = order * quarter_turns // 4
+        return group.element((int(flip), rotation)) if group.name.startswith("D") else group.element(rotation)
+    angle = quarter_turns * math.pi / 2
+    if group.name == "SO(2)":
+        return None if flip else group.element(angle)
+    return group.element((int(flip), angle))
 
 
 def _is_regular(field_type: enn.FieldType) -> bool:

@@ -1,0 +1,185 @@
+"""The Lightning callback that measures every run's invariance the same way.
+
+At the end of validation (every ``every_n_epochs`` epochs and at the last one) and at test, it
+takes a fixed, seeded subset of the split, applies each transformation family's fixed test
+elements, and logs under ``{val,test}/equiv/{family}/{measure}``:
+
+- ``invariance_error``: mean over samples and elements of ||f(g x) - f(x)|| / ||f(x)|| (logits);
+- ``consistency``: fraction of images whose predicted class agrees between consecutive elements
+  of (identity, g_1, g_2, ...);
+- ``acc``: accuracy on the transformed images, averaged over the elements;
+- ``error_floor`` (interpolated families only): the same error for an exactly rotation-invariant
+  reference (the radial intensity profile), i.e. what interpolation alone costs;
+- ``layer/{layer}``: the equivariance error of intermediate feature maps where the backbone
+  knows how the family acts on them.
+
+At test it also records accuracy against rotation angle and against shift, which the CLI puts
+in ``summary.json`` and wandb (a table and a line plot).
+
+Values are torchmetrics states, so they are reduced correctly across processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from symtrain.metrics.functional import agreement, disk_mask, radial_profile, relative_error
+from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
+
+# Functions exactly invariant to a family in the continuum: their measured error under the
+# pixel-grid action is what interpolation alone costs.
+_INVARIANT_REFERENCES = {"rotation": radial_profile}
+
+
+def default_families() -> list[TransformFamily]:
+    return [Rot90(), Flip(), CircularShift(), Shift(), Rotation()]
+
+
+class EquivarianceMetrics(pl.Callback):
+    """Measure invariance and equivariance of the model under transformation families.
+
+    Args:
+        families: families to measure (default: rot90, flip, circular_shift, shift, rotation).
+        num_samples: size of the fixed subset of the validation/test split that is measured.
+        every_n_epochs: measure at the end of every n-th validation epoch (and the last one).
+        batch_size: images per forward pass while measuring.
+        layerwise: also measure the equivariance error of intermediate feature maps.
+        angle_step: spacing in degrees of the accuracy-vs-angle curve (0 turns it off).
+        max_shift: largest shift in pixels of the accuracy-vs-shift curve (0 turns it off).
+    """
+
+    def __init__(
+        self,
+        families: list[TransformFamily] | None = None,
+        num_samples: int = 256,
+        every_n_epochs: int = 2,
+        batch_size: int = 256,
+        layerwise: bool = True,
+        angle_step: float = 15.0,
+        max_shift: int = 8,
+    ) -> None:
+        super().__init__()
+        self.families = default_families() if families is None else list(families)
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.layerwise = layerwise
+        self.angle_step = angle_step
+        self.max_shift = max_shift
+        self.curves: dict[str, dict[str, list[float]]] = {}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+            self.measure(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.measure(trainer, pl_module, "test", with_curves=True)
+
+    def _subset(self, trainer: pl.Trainer, stage: str, device: torch.device) -> tuple[Tensor, Tensor]:
+        split = trainer.datamodule.splits[stage]
+        count = min(self.num_samples, len(split))
+        # Each process measures its own share of the same fixed subset.
+        index = torch.arange(trainer.global_rank, count, trainer.world_size)
+        images = split.images[index].to(device).float().div_(255)  # (N, C, H, W) in [0, 1]
+        return images, split.labels[index].to(device)
+
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, with_curves: bool = False
+    ) -> dict[str, float]:
+        """Measure every family on ``stage``'s subset, log the values and return them."""
+        was_training = pl_module.training
+        pl_module.eval()
+        images, labels = self._subset(trainer, stage, pl_module.device)
+        means: dict[str, MeanMetric] = {}
+
+        def add(name: str, values: Tensor) -> None:
+            means.setdefault(name, MeanMetric().to(pl_module.device)).update(values)
+
+        net = pl_module.net
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
+                for family in self.families:
+                    self._measure_family(net, family, x, y, f"{stage}/equiv/{family.name}", add)
+                if with_curves:
+                    self._measure_curves(net, x, y, stage, add)
+        values = {name: metric.compute().item() for name, metric in means.items()}
+        for name, value in values.items():
+            if "/curve/" not in name:
+                pl_module.log(name, value, sync_dist=False)  # already reduced across processes
+        if with_curves:
+            self._store_curves(values, stage)
+        pl_module.train(was_training)
+        return values
+
+    def _measure_family(
+        self, net: Any, family: TransformFamily, x: Tensor, y: Tensor, prefix: str, add: Any
+    ) -> None:
+        # Interpolated actions are measured on the inscribed disk, where they only interpolate.
+        prepare = (lambda images: images) if family.exact else disk_mask
+        x = prepare(x)
+        logits = net(x)
+        predictions = [logits.argmax(dim=1)]
+        reference = _INVARIANT_REFERENCES.get(family.name)
+        for element in family.test_elements():
+            transformed = prepare(family.apply(x, element.expand(len(x), -1).to(x.device)))
+            transformed_logits = net(transformed)
+            add(f"{prefix}/invariance_error", relative_error(transformed_logits, logits))
+            add(f"{prefix}/acc", (transformed_logits.argmax(dim=1) == y).float())
+            predictions.append(transformed_logits.argmax(dim=1))
+            if reference is not None:
+                add(f"{prefix}/error_floor", relative_error(reference(transformed), reference(x)))
+        for first, second in zip(predictions, predictions[1:], strict=False):
+            add(f"{prefix}/consistency", agreement(first, second))
+        if self.layerwise:
+            self._measure_layers(net, family, x, prefix, add)
+
+    @staticmethod
+    def _measure_layers(net: Any, family: TransformFamily, x: Tensor, prefix: str, add: Any) -> None:
+        """Equivariance error per layer, for elements that act exactly on that layer's grid."""
+        backbone = net.backbone
+        elements: dict[tuple[float, ...], Tensor] = {}
+        for stride in sorted(set(backbone.layer_strides().values())):
+            element = family.layer_element(stride)
+            if element is not None:
+                elements.setdefault(tuple(element.tolist()), element)
+        if not elements:
+            return
+        reference = backbone.layer_outputs(net.normalize(x))
+        pending = set(reference)  # each layer is measured with the first element that acts on it exactly
+        for element in elements.values():
+            transformed = family.apply(x, element.expand(len(x), -1).to(x.device))
+            moved = backbone.layer_outputs(net.normalize(transformed))
+            for name in sorted(pending):
+                expected = backbone.act_on_layer(name, family, element, reference[name])
+                if expected is not None:
+                    pending.discard(name)
+                    add(f"{prefix}/layer/{name}", relative_error(moved[name], expected))
+
+    def _measure_curves(self, net: Any, x: Tensor, y: Tensor, stage: str, add: Any) -> None:
+        if self.angle_step > 0:
+            masked = disk_mask(x)
+            for angle in torch.arange(0.0, 360.0, self.angle_step).tolist():
+                rotated = disk_mask(Rotation().apply(masked, torch.full((len(x), 1), angle)))
+                add(f"{stage}/equiv/rotation/curve/{angle:g}", (net(rotated).argmax(dim=1) == y).float())
+        for pixels in range(self.max_shift + 1):
+            shifted = Shift().apply(x, torch.tensor([[0.0, float(pixels)]]).expand(len(x), -1))
+            add(f"{stage}/equiv/shift/curve/{pixels}", (net(shifted).argmax(dim=1) == y).float())
+
+    def _store_curves(self, values: dict[str, float], stage: str) -> None:
+        for family, axis in (("rotation", "angle"), ("shift", "pixels")):
+            marker = f"{stage}/equiv/{family}/curve/"
+            points = sorted((float(k[len(marker) :]), v) for k, v in values.items() if k.startswith(marker))
+            if points:
+                self.curves[f"{stage}/{family}"] = {
+                    axis: [p[0] for p in points],
+                    "acc": [p[1] for p in points],
+                }

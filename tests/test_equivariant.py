@@ -1,0 +1,177 @@
+"""escnn backbones: invariance by construction, exactly, at the sizes users have."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from symtrain.backbones import EquivariantCNN, StandardCNN
+from symtrain.errors import SymtrainError
+from symtrain.module import Normalize, SymmetryModule, SymmetryNet
+from symtrain.symmetry import Architectural
+from symtrain.transforms import Flip, Rot90
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "backbone").glob("escnn_*.yaml"))
+
+
+def tiny(config: Path) -> partial[EquivariantCNN]:
+    """The config's backbone at a test size: same group and options, fewer channels and stages."""
+    init_args = yaml.safe_load(config.read_text())["model"]["backbone"]["init_args"]
+    return partial(EquivariantCNN, **{**init_args, "width": 8, "depth": 2, "convs_per_stage": 1})
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / a.norm()).item()
+
+
+def transformed_logits(net: SymmetryNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {
+            "identity": net(x),
+            "rot90": net(torch.rot90(x, 1, dims=(-2, -1))),
+            "rot270": net(torch.rot90(x, 3, dims=(-2, -1))),
+            "flip": net(x.flip(-1)),
+            "vflip": net(x.flip(-2)),
+        }
+
+
+def exact_families(backbone: EquivariantCNN) -> list[str]:
+    declared = backbone.declared_symmetries()
+    names = ["rot90", "rot270"] if declared.get("rot90") == "exact" else []
+    return names + (["flip", "vflip"] if declared.get("flip") == "exact" else [])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("size", [28, 29, 32, 33])
+def test_logits_are_invariant_with_random_weights(config: Path, size: int) -> None:
+    torch.manual_seed(0)
+    net = SymmetryNet(Normalize([0.5], [0.5]), tiny(config)(1), num_classes=5).eval()
+    logits = transformed_logits(net, torch.rand(4, 1, size, size))
+    families = exact_families(net.backbone)
+    assert "rot90" in families
+    for name in families:
+        assert relative_error(logits["identity"], logits[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_logits_stay_invariant_after_training_steps(config: Path) -> None:
+    """Invariance is a property of the architecture, not of the initial weights."""
+    torch.manual_seed(1)
+    net = SymmetryNet(Normalize([0.5], [0.5]), tiny(config)(1), num_classes=3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(3):
+        x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 3, (8,))
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    logits = transformed_logits(net, torch.rand(4, 1, 28, 28))
+    for name in exact_families(net.backbone):
+        assert relative_error(logits["identity"], logits[name]) < 1e-4, name
+
+
+def test_a_plain_cnn_is_not_invariant_so_the_check_can_fail() -> None:
+    torch.manual_seed(0)
+    net = SymmetryNet(Normalize([0.5], [0.5]), StandardCNN(1, width=8, depth=2), num_classes=5).eval()
+    logits = transformed_logits(net, torch.rand(4, 1, 28, 28))
+    assert relative_error(logits["identity"], logits["rot90"]) > 1e-2
+
+
+def test_c4_distinguishes_mirror_images_and_d4_does_not() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 29, 29)
+    c4 = SymmetryNet(Normalize([0.5], [0.5]), EquivariantCNN(1, "C", 4, width=8, depth=2), 5).eval()
+    d4 = SymmetryNet(Normalize([0.5], [0.5]), EquivariantCNN(1, "D", 4, width=8, depth=2), 5).eval()
+    assert relative_error(c4(x), c4(x.flip(-1))) > 1e-3
+    assert relative_error(d4(x), d4(x.flip(-1))) < 1e-4
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_export_gives_identical_outputs_without_escnn(config: Path) -> None:
+    torch.manual_seed(0)
+    backbone = tiny(config)(1)
+    backbone(torch.rand(8, 1, 32, 32))  # one training-mode pass moves the batch-norm statistics
+    backbone.eval()
+    exported = backbone.export()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), backbone(x), atol=1e-5)
+    assert not [m for m in exported.modules() if type(m).__module__.startswith("escnn")]
+    assert backbone.training is False  # exporting leaves the model as it was
+
+
+@pytest.mark.parametrize("save_mode,load_mode", [("eval", "train"), ("train", "eval"), ("eval", "eval")])
+def test_checkpoints_load_whatever_mode_they_were_saved_in(save_mode: str, load_mode: str) -> None:
+    torch.manual_seed(0)
+    source = EquivariantCNN(1, "C", 4, width=8, depth=2)
+    source(torch.rand(8, 1, 28, 28))
+    getattr(source, save_mode)()
+    state = source.state_dict()
+    assert not any(key.endswith((".filter", ".expanded_bias")) for key in state)
+    target = getattr(EquivariantCNN(1, "C", 4, width=8, depth=2), load_mode)()
+    target.load_state_dict(state)  # strict
+    source.eval()
+    target.eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(source(x), target(x), atol=1e-6)
+
+
+def test_loading_into_an_eval_model_refreshes_the_filter_cache() -> None:
+    torch.manual_seed(0)
+    trained = EquivariantCNN(1, "C", 4, width=8, depth=2).eval()
+    stale = EquivariantCNN(1, "C", 4, width=8, depth=2).eval()  # caches its own random filters
+    stale.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(stale(x), trained(x), atol=1e-6)
+
+
+def test_declarations_drive_the_architectural_strategy() -> None:
+    c4 = partial(EquivariantCNN, group="C", order=4, width=8, depth=2)
+    d4 = partial(EquivariantCNN, group="D", order=4, width=8, depth=2)
+    SymmetryModule(c4, symmetry=Architectural([Rot90()]))
+    SymmetryModule(d4, symmetry=Architectural([Rot90(), Flip()]))
+    with pytest.raises(SymtrainError, match="does not declare exact flip"):
+        SymmetryModule(c4, symmetry=Architectural([Flip()]))
+    restricted = partial(EquivariantCNN, group="D", order=4, width=8, depth=2, restrict_from_stage=1)
+    with pytest.raises(SymtrainError, match="does not declare exact flip"):
+        SymmetryModule(restricted, symmetry=Architectural([Flip()]))
+    assert EquivariantCNN(1, "C", 6, width=8, depth=1).declared_symmetries().get("rot90") is None
+
+
+def test_restricted_model_keeps_rotations_and_loses_reflections() -> None:
+    torch.manual_seed(0)
+    backbone = EquivariantCNN(1, "D", 4, width=8, depth=2, restrict_from_stage=1)
+    net = SymmetryNet(Normalize([0.5], [0.5]), backbone, 5).eval()
+    logits = transformed_logits(net, torch.rand(4, 1, 28, 28))
+    assert relative_error(logits["identity"], logits["rot90"]) < 1e-4
+    assert relative_error(logits["identity"], logits["flip"]) > 1e-3
+    assert backbone.name == "EquivariantCNN-D4_C4"
+
+
+def test_width_rules() -> None:
+    by_channels = EquivariantCNN(1, "C", 4, width=16, depth=2, width_rule="channels")
+    by_params = EquivariantCNN(1, "C", 4, width=16, depth=2, width_rule="params")
+    assert by_channels.layers[0].out_type.size == 16  # 4 regular C4 fields of 4 channels: like StandardCNN
+    assert by_params.layers[0].out_type.size == 32  # 16 / sqrt(4) = 8 fields
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(by_params) > 2 * count(by_channels)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"group": "C", "order": 0}, "N >= 1"),
+        ({"kernel_size": 4}, "must be odd"),
+        ({"group": "C", "restrict_from_stage": 1}, "needs a D or O2 group"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(SymtrainError, match=message):
+        EquivariantCNN(1, **{"width": 8, "depth": 2, **kwargs})
