@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import re
 import sys
 import warnings
@@ -48,6 +49,8 @@ warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfe
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 # The seed is saved in every run's config.yaml and summary.json; no need to announce it.
 logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+
+_RUN_DIR_ENV = "SYMTRAIN_RUN_DIR"
 
 # The last segment of a config key whose value is a plugin, and the base class of its choices.
 _PLUGIN_BASES: dict[str, type] = {
@@ -171,7 +174,13 @@ class SymtrainCLI(LightningCLI):
         run_name = options.name or default_run_name(
             names["backbone"], names["strategy"], names["dataset"], names["seed"], self.subcommand
         )
-        self.run_dir = create_run_dir(trainer_config["default_root_dir"], run_name)
+        # DDP relaunches this command once per extra process: those processes join the run
+        # directory the first one created instead of making their own.
+        inherited = os.environ.get(_RUN_DIR_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
+        self.run_dir = (
+            Path(inherited) if inherited else create_run_dir(trainer_config["default_root_dir"], run_name)
+        )
+        os.environ[_RUN_DIR_ENV] = str(self.run_dir)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(self.run_dir, options, names)
         checkpoint = ModelCheckpoint(

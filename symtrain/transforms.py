@@ -55,7 +55,7 @@ class TransformFamily:
         """Act on ``images`` (B, C, H, W) with one element per sample, ``elements`` (B, P)."""
         raise NotImplementedError
 
-    def test_elements(self, count: int = 4) -> Tensor:
+    def test_elements(self, count: int = 3) -> Tensor:
         """Fixed elements that measurements apply, shape (E, P); seeded, never the identity."""
         elements = self.sample(4 * count, torch.Generator().manual_seed(0))
         is_identity = (elements == self.identity()).all(dim=1)
@@ -105,7 +105,7 @@ class Rot90(TransformFamily):
                 out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
         return out
 
-    def test_elements(self, count: int = 4) -> Tensor:
+    def test_elements(self, count: int = 3) -> Tensor:
         return torch.tensor([[1.0], [2.0], [3.0]])
 
     def layer_element(self, stride: int) -> Tensor | None:
@@ -141,7 +141,7 @@ class Flip(TransformFamily):
         flipped = elements[:, 0].round().bool().view(-1, *([1] * (images.dim() - 1)))
         return torch.where(flipped, images.flip(dim), images)
 
-    def test_elements(self, count: int = 4) -> Tensor:
+    def test_elements(self, count: int = 3) -> Tensor:
         return torch.tensor([[1.0]])
 
     def layer_element(self, stride: int) -> Tensor | None:

@@ -320,6 +320,11 @@ class EquivariantCNN(Backbone):
                     module.train(False)
 
     def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_channels, h, w)
+        if images.shape[-1] != images.shape[-2]:
+            raise SymtrainError(
+                f"EquivariantCNN needs square images (got {tuple(images.shape[-2:])}): "
+                "rot90 and flips map only a square grid onto itself; crop or pad the data"
+            )
         features = enn.GeometricTensor(self.mask(images), self.in_type)
         return self.layers(features).tensor
 

@@ -36,6 +36,28 @@ from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, Tra
 _INVARIANT_REFERENCES = {"rotation": radial_profile}
 
 
+class _Shared:
+    """What every family of one batch compares against, computed once: the plain and
+    disk-masked inputs, their logits, and the plain input's layer outputs."""
+
+    def __init__(self, net: Any, images: Tensor) -> None:
+        self.net, self.images, self._cache = net, images, {}
+
+    def _once(self, key: str, compute: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def inputs(self, exact: bool) -> Tensor:
+        return self.images if exact else self._once("masked", lambda: disk_mask(self.images))
+
+    def logits(self, exact: bool) -> Tensor:
+        return self._once(f"logits{exact}", lambda: self.net(self.inputs(exact)))
+
+    def layers(self) -> dict[str, Tensor]:
+        return self._once("layers", lambda: self.net.backbone.layer_outputs(self.net.normalize(self.images)))
+
+
 def default_families() -> list[TransformFamily]:
     return [Rot90(), Flip(), CircularShift(), Shift(), Rotation()]
 
@@ -56,7 +78,7 @@ class EquivarianceMetrics(pl.Callback):
     def __init__(
         self,
         families: list[TransformFamily] | None = None,
-        num_samples: int = 256,
+        num_samples: int = 192,
         every_n_epochs: int = 2,
         batch_size: int = 256,
         layerwise: bool = True,
@@ -107,8 +129,9 @@ class EquivarianceMetrics(pl.Callback):
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
                 x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
+                shared = _Shared(net, x)
                 for family in self.families:
-                    self._measure_family(net, family, x, y, f"{stage}/equiv/{family.name}", add)
+                    self._measure_family(net, family, shared, y, f"{stage}/equiv/{family.name}", add)
                 if with_curves:
                     self._measure_curves(net, x, y, stage, add)
         values = {name: metric.compute().item() for name, metric in means.items()}
@@ -121,12 +144,11 @@ class EquivarianceMetrics(pl.Callback):
         return values
 
     def _measure_family(
-        self, net: Any, family: TransformFamily, x: Tensor, y: Tensor, prefix: str, add: Any
+        self, net: Any, family: TransformFamily, shared: _Shared, y: Tensor, prefix: str, add: Any
     ) -> None:
         # Interpolated actions are measured on the inscribed disk, where they only interpolate.
         prepare = (lambda images: images) if family.exact else disk_mask
-        x = prepare(x)
-        logits = net(x)
+        x, logits = shared.inputs(family.exact), shared.logits(family.exact)
         predictions = [logits.argmax(dim=1)]
         reference = _INVARIANT_REFERENCES.get(family.name)
         for element in family.test_elements():
@@ -139,11 +161,11 @@ class EquivarianceMetrics(pl.Callback):
                 add(f"{prefix}/error_floor", relative_error(reference(transformed), reference(x)))
         for first, second in zip(predictions, predictions[1:], strict=False):
             add(f"{prefix}/consistency", agreement(first, second))
-        if self.layerwise:
-            self._measure_layers(net, family, x, prefix, add)
+        if self.layerwise and family.exact:
+            self._measure_layers(net, family, shared, prefix, add)
 
     @staticmethod
-    def _measure_layers(net: Any, family: TransformFamily, x: Tensor, prefix: str, add: Any) -> None:
+    def _measure_layers(net: Any, family: TransformFamily, shared: _Shared, prefix: str, add: Any) -> None:
         """Equivariance error per layer, for elements that act exactly on that layer's grid."""
         backbone = net.backbone
         elements: dict[tuple[float, ...], Tensor] = {}
@@ -153,7 +175,7 @@ class EquivarianceMetrics(pl.Callback):
                 elements.setdefault(tuple(element.tolist()), element)
         if not elements:
             return
-        reference = backbone.layer_outputs(net.normalize(x))
+        x, reference = shared.inputs(exact=True), shared.layers()
         pending = set(reference)  # each layer is measured with the first element that acts on it exactly
         for element in elements.values():
             transformed = family.apply(x, element.expand(len(x), -1).to(x.device))
