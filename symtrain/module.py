@@ -14,11 +14,18 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from escnn.nn import IIDBatchNorm2d
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
+from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
+
+# escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
+# _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it.
+_UNSYNCABLE_NORMS = (IIDBatchNorm2d,)
 
 
 class Normalize(nn.Module):
@@ -126,6 +133,15 @@ class SymmetryModule(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def setup(self, stage: str) -> None:
+        check_same_model_on_every_rank(self, self.trainer)
+        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, _UNSYNCABLE_NORMS)}
+        if self.trainer.world_size > 1 and getattr(self.trainer.strategy, "_layer_sync", None) and unsynced:
+            rank_zero_warn(
+                f"sync_batchnorm synchronises torch batch norms (escnn's InnerBatchNorm included) but "
+                f"not {', '.join(sorted(unsynced))}: their statistics stay per process"
+            )
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         images = images.float().div_(255)  # uint8 (B, C, H, W) -> floats in [0, 1]
@@ -140,7 +156,9 @@ class SymmetryModule(pl.LightningModule):
         accuracy = self.accuracy[f"{stage}_acc"]
         accuracy(logits, labels)
         # sync_dist: the epoch loss is the mean over every process's batches, not rank 0's alone.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True)
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True
+        )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -41,3 +41,77 @@ def test_two_process_metrics_equal_one_process_metrics(tmp_path: Path) -> None:
             assert two[key] == value, key  # counts: exactly equal
         else:
             assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["cnn", "escnn_c4"])
+def test_two_process_fit_makes_one_run(backbone: str, tmp_path: Path) -> None:
+    """The real command, 2 CPU processes: one run directory, one wandb run, one summary."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "SYMTRAIN_RUN_DIR", "PYTHONHASHSEED")
+    }
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    command = [sys.executable, "-m", "symtrain", "fit", *[a for a in TINY if a != "--run.wandb=false"]]
+    command += [
+        "--config",
+        str(ROOT / "configs" / "backbone" / f"{backbone}.yaml"),
+        "--model.backbone.depth=2",
+    ]
+    command += [
+        "--config",
+        str(ROOT / "configs" / "trainer" / "ddp_cpu.yaml"),
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "wandb"]
+    assert len(runs) == 1
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert {"test/acc", "test/equiv/rot90/invariance_error"} <= set(summary["metrics"])
+    assert (runs[0] / "checkpoints" / "best.ckpt").is_file() and (runs[0] / "config.yaml").is_file()
+
+
+MIXED_FIELDS = """
+from escnn import gspaces, nn as enn
+from symtrain.distributed import model_signature
+gspace = gspaces.flipRot2dOnR2(4)
+fields = [gspace.trivial_repr, gspace.regular_repr, gspace.irrep(1, 1), gspace.regular_repr]
+field_type = enn.FieldType(gspace, fields)
+model = enn.SequentialModule(enn.R2Conv(field_type, field_type, 3), enn.IIDBatchNorm2d(field_type))
+print(model_signature(model))
+"""
+
+
+def test_ranks_build_identical_mixed_field_models_under_the_fixed_hash_seed(tmp_path: Path) -> None:
+    """What every DDP process does: build the model in a fresh interpreter with PYTHONHASHSEED=0."""
+    script = tmp_path / "build.py"
+    script.write_text(MIXED_FIELDS)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    signatures = {
+        subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(signatures) == 1 and len(signatures.pop().strip()) == 64
+
+
+def test_module_entry_point_restarts_with_a_fixed_hash_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import symtrain.__main__ as entry
+
+    class Restarted(Exception):
+        pass
+
+    calls: list[list[str]] = []
+
+    def fake_execv(path: str, argv: list[str]) -> None:
+        calls.append([path, *argv])
+        raise Restarted
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.setattr(entry.os, "execv", fake_execv)
+    with pytest.raises(Restarted):
+        entry.run()
+    assert os.environ["PYTHONHASHSEED"] == "0"
+    assert calls == [[sys.executable, sys.executable, *sys.orig_argv[1:]]]

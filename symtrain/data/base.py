@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -109,10 +110,17 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits = splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = SplitDataset(self.splits[split])
+        sampler = None
+        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's default DistributedSampler pads the last shard with repeated samples,
+            # which would count them twice in val/test metrics; this one neither pads nor drops.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            SplitDataset(self.splits[split]),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
