@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -174,13 +175,14 @@ class SymtrainCLI(LightningCLI):
         run_name = options.name or default_run_name(
             names["backbone"], names["strategy"], names["dataset"], names["seed"], self.subcommand
         )
-        # DDP relaunches this command once per extra process: those processes join the run
-        # directory the first one created instead of making their own.
-        inherited = os.environ.get(_RUN_DIR_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
-        self.run_dir = (
-            Path(inherited) if inherited else create_run_dir(trainer_config["default_root_dir"], run_name)
-        )
-        os.environ[_RUN_DIR_ENV] = str(self.run_dir)
+        root = trainer_config["default_root_dir"]
+        if rank_zero_only.rank == 0:
+            self.run_dir = create_run_dir(root, run_name)
+            os.environ[_RUN_DIR_ENV] = str(self.run_dir)  # inherited by the processes DDP relaunches
+        else:
+            # Only rank 0 writes (Lightning broadcasts its checkpoint paths); the other processes
+            # create nothing and point at the directory rank 0 made, when they can know it.
+            self.run_dir = Path(os.environ.get(_RUN_DIR_ENV) or Path(root) / run_name)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(self.run_dir, options, names)
         checkpoint = ModelCheckpoint(
