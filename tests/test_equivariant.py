@@ -175,3 +175,46 @@ def test_width_rules() -> None:
 def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(SymtrainError, match=message):
         EquivariantCNN(1, **{"width": 8, "depth": 2, **kwargs})
+
+
+def test_escnn_c4_trains_on_mnist_from_the_cli_and_stays_invariant_at_28(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MNIST's native 28x28 images, as given (tiny fake idx files in torchvision's layout)."""
+    from symtrain import load_model
+    from symtrain.cli import main
+    from tests.test_data import write_fake_mnist
+
+    write_fake_mnist(tmp_path / "data", num_train=64, num_test=32)
+    root = Path(__file__).resolve().parents[1] / "configs"
+    main(
+        ["fit", "--config", str(root / "quickstart.yaml"), "--config", str(root / "data" / "mnist.yaml")]
+        + [
+            "--config",
+            str(root / "backbone" / "escnn_c4.yaml"),
+            "--config",
+            str(root / "trainer" / "debug.yaml"),
+        ]
+        + ["--config", str(root / "symmetry" / "architectural.yaml"), f"--data.root={tmp_path / 'data'}"]
+        + [
+            "--model.backbone.width=8",
+            "--model.backbone.depth=2",
+            "--data.batch_size=16",
+            "--run.wandb=false",
+        ]
+        + ["--run.quiet=true", f"--trainer.default_root_dir={tmp_path / 'runs'}", "--run.name=mnist"]
+    )
+    net = load_model(tmp_path / "runs" / "mnist")
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert relative_error(net(x), net(torch.rot90(x, 1, dims=(-2, -1)))) < 1e-4
+
+
+def test_sync_batchnorm_reaches_escnn_inner_batch_norm_but_not_iid() -> None:
+    regular = torch.nn.SyncBatchNorm.convert_sync_batchnorm(EquivariantCNN(1, "C", 4, width=8, depth=2))
+    fourier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(EquivariantCNN(1, "SO2", width=8, depth=2))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in regular.modules())
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in fourier.modules())
+    from symtrain.module import _UNSYNCABLE_NORMS
+
+    assert any(isinstance(m, _UNSYNCABLE_NORMS) for m in fourier.modules())

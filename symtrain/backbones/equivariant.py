@@ -244,7 +244,9 @@ class EquivariantCNN(Backbone):
             layers.append(enn.GroupPooling(field_type))
         else:
             layers.append(enn.NormPool(field_type))
-        self.layers = enn.SequentialModule(*layers)
+        # A plain ModuleList, not escnn's SequentialModule: torch's SyncBatchNorm conversion
+        # (Lightning's sync_batchnorm) re-adds every child, which SequentialModule refuses.
+        self.layers = nn.ModuleList(layers)
         self.out_channels = layers[-1].out_type.size
         # escnn caches expanded filters as buffers in eval mode only, so a state dict's keys
         # would depend on the mode it was saved in. The cache is kept out of state dicts
@@ -326,7 +328,9 @@ class EquivariantCNN(Backbone):
                 "rot90 and flips map only a square grid onto itself; crop or pad the data"
             )
         features = enn.GeometricTensor(self.mask(images), self.in_type)
-        return self.layers(features).tensor
+        for layer in self.layers:
+            features = layer(features)
+        return features.tensor
 
     def layer_strides(self) -> dict[str, int]:
         pools = sum(isinstance(layer, SymmetricBlurPool) for layer in self.layers.children())
