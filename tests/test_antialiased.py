@@ -16,6 +16,7 @@ from symtrain.backbones.antialiased import AdaptivePolyphaseSampling, DenseMaxPo
 from symtrain.cli import SymtrainCLI
 from symtrain.errors import SymtrainError
 from symtrain.module import Normalize, SymmetryNet
+from tests.test_cli import TINY as TINY_CLI_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -211,13 +212,7 @@ def test_tiny_fit_of_each_config_and_a_checkpoint_round_trip(config: str, mode: 
         *("--config", str(CONFIGS / "quickstart.yaml")),
         *("--config", str(CONFIGS / "backbone" / config)),
         *("--config", str(CONFIGS / "trainer" / "debug.yaml")),
-        "--data.num_train=256",
-        "--data.num_val=64",
-        "--data.num_test=64",
-        "--data.batch_size=32",
-        "--model.backbone.width=4",
-        "--run.wandb=false",
-        "--run.quiet=true",
+        *TINY_CLI_ARGS,
         f"--trainer.default_root_dir={tmp_path}",
     ]
     cli = SymtrainCLI(args=args)

@@ -48,7 +48,10 @@ def plain_net(backbone: Backbone) -> SymmetryNet:
     return net.eval()
 
 
-def measure(net: nn.Module, split: Split, callback: EquivarianceMetrics) -> dict[str, float]:
+def measure(
+    net: nn.Module, split: Split, callback: EquivarianceMetrics, with_curves: bool = False
+) -> dict[str, float]:
+    """Run the callback's measurement on one split, with just enough of a trainer and a module."""
     trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=SimpleNamespace(splits={"test": split}))
     logged: dict[str, float] = {}
     module = SimpleNamespace(
@@ -59,7 +62,7 @@ def measure(net: nn.Module, split: Split, callback: EquivarianceMetrics) -> dict
         train=lambda mode: None,
         log=lambda name, value, **kwargs: logged.setdefault(name, value),
     )
-    values = callback.measure(trainer, module, "test")
+    values = callback.measure(trainer, module, "test", with_curves=with_curves)
     assert {k: v for k, v in values.items() if "/curve/" not in k} == logged
     return values
 
@@ -170,18 +173,7 @@ def test_interpolated_rotation_reports_a_floor_and_curves() -> None:
     torch.manual_seed(0)
     net = SymmetryNet(Normalize([0.1], [0.25]), StandardCNN(1, width=8, depth=2), 8).eval()
     callback = EquivarianceMetrics([Rotation(), Shift(2)], layerwise=False, angle_step=90.0, max_shift=2)
-    trainer = SimpleNamespace(
-        global_rank=0, world_size=1, datamodule=SimpleNamespace(splits={"test": shapes_split(16)})
-    )
-    module = SimpleNamespace(
-        net=net,
-        device=torch.device("cpu"),
-        training=False,
-        eval=lambda: None,
-        train=lambda m: None,
-        log=lambda *a, **k: None,
-    )
-    values = callback.measure(trainer, module, "test", with_curves=True)
+    values = measure(net, shapes_split(16), callback, with_curves=True)
     assert 0 < values["test/equiv/rotation/error_floor"] < 0.1  # interpolation costs a little, not nothing
     assert "test/equiv/shift/error_floor" not in values  # no invariant reference for zero-fill shifts
     assert callback.curves["test/rotation"]["angle"] == [0.0, 90.0, 180.0, 270.0]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from symtrain.backbones.base import Backbone
 from symtrain.errors import SymtrainError
+from symtrain.metrics.functional import disk_mask
 from symtrain.transforms import Exactness, TransformFamily
 
 Group = Literal["C", "D", "SO2", "O2"]
@@ -87,6 +88,12 @@ class SymmetricBlurPool(enn.EquivariantModule):
         return BlurPool(self.kernel.clone())
 
 
+def split_fields(features: Tensor, field_size: int) -> Tensor:
+    """View (B, F * d, ...) features as (B, F, d, ...): one row per field of size d."""
+    batch, channels, *spatial = features.shape
+    return features.view(batch, channels // field_size, field_size, *spatial)
+
+
 class FourierActivation(nn.Module):
     """Plain-torch export of :class:`escnn.nn.FourierPointwise`: sample the fields on a group
     grid, apply the nonlinearity pointwise, and project back (escnn has no export for it)."""
@@ -99,10 +106,10 @@ class FourierActivation(nn.Module):
         self.function = module._function
 
     def forward(self, features: Tensor) -> Tensor:
-        batch, channels, *spatial = features.shape
-        fields = features.view(batch, channels // self.field_size, self.field_size, *spatial)
-        samples = self.function(torch.einsum("bcf...,gf->bcg...", fields, self.A))
-        return torch.einsum("bcg...,fg->bcf...", samples, self.Ainv).reshape(batch, channels, *spatial)
+        samples = self.function(
+            torch.einsum("bcf...,gf->bcg...", split_fields(features, self.field_size), self.A)
+        )
+        return torch.einsum("bcg...,fg->bcf...", samples, self.Ainv).reshape(features.shape)
 
 
 class NormPool(nn.Module):
@@ -113,8 +120,7 @@ class NormPool(nn.Module):
         self.field_size = field_size
 
     def forward(self, features: Tensor) -> Tensor:
-        batch, channels, *spatial = features.shape
-        return features.view(batch, channels // self.field_size, self.field_size, *spatial).norm(dim=2)
+        return split_fields(features, self.field_size).norm(dim=2)
 
 
 class GroupMaxPool(nn.Module):
@@ -126,8 +132,7 @@ class GroupMaxPool(nn.Module):
         self.field_size = field_size
 
     def forward(self, features: Tensor) -> Tensor:
-        batch, channels, *spatial = features.shape
-        return features.view(batch, channels // self.field_size, self.field_size, *spatial).amax(dim=2)
+        return split_fields(features, self.field_size).amax(dim=2)
 
 
 class DiskMask(nn.Module):
@@ -139,11 +144,7 @@ class DiskMask(nn.Module):
     """
 
     def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W)
-        height, width = images.shape[-2:]
-        y = torch.arange(height, device=images.device, dtype=images.dtype) - (height - 1) / 2
-        x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
-        radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
-        return images * (min(height, width) / 2 - radius).clamp(0, 1)
+        return disk_mask(images)
 
 
 def _drop_cached_filters(state: dict[str, Any], prefix: str) -> None:
