@@ -185,16 +185,14 @@ class SymtrainCLI(LightningCLI):
             self.run_dir = Path(os.environ.get(_RUN_DIR_ENV) or Path(root) / run_name)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(self.run_dir, options, names)
-        checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir / "checkpoints",
-            filename="best",
-            monitor="val/acc",
-            mode="max",
-            save_last=True,
-            auto_insert_metric_name=False,
-        )
+        checkpoints = self.run_dir / "checkpoints"
+        # best: lowest val/loss (accuracy ties early, at 1.0, and would keep an undertrained
+        # model). last: every epoch, in its own callback, because Lightning's save_last only
+        # writes when a best checkpoint was written in the same step.
+        best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min")
+        last = ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False)
         callbacks = trainer_config.get("callbacks") or []
-        kwargs["callbacks"] = [*callbacks, checkpoint]
+        kwargs["callbacks"] = [*callbacks, best, last]
         if options.quiet:
             kwargs.update(enable_progress_bar=False, enable_model_summary=False)
         try:

@@ -25,6 +25,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -99,7 +100,8 @@ class EquivarianceMetrics(pl.Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+        validating_alone = trainer.state.fn != TrainerFn.FITTING  # `symtrain validate`: always measure
+        if validating_alone or epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
             self.measure(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
