@@ -179,6 +179,9 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     wandb_runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2
 
+    # accuracy vs angle and vs shift reach wandb as tables (drawn as line plots)
+    for curve in ("rotation", "shift"):
+        assert list(wandb_runs[0].glob(f"files/media/table/test/{curve}/acc_curve_table_*.table.json"))
     # The run as a user sees it in wandb's terminal dashboard: flat keys to group by, metrics.
     leet = [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json"]
     shown = subprocess.run([*leet, str(wandb_runs[0])], env=env, capture_output=True, text=True, timeout=120)
