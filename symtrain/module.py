@@ -7,6 +7,7 @@ training needs (the strategy, the loss, metrics and the optimiser).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -14,7 +15,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from escnn.nn import IIDBatchNorm2d
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -23,9 +23,12 @@ from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
 
-# escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
-# _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it.
-_UNSYNCABLE_NORMS = (IIDBatchNorm2d,)
+
+def _unsyncable_norms() -> tuple[type, ...]:
+    # escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
+    # _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it. (Only a
+    # model that imported escnn can hold one.)
+    return (sys.modules["escnn.nn"].IIDBatchNorm2d,) if "escnn.nn" in sys.modules else ()
 
 
 class Normalize(nn.Module):
@@ -87,6 +90,10 @@ class SymmetryModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         lr_schedule: ``onecycle`` (warm-up then cosine decay over the whole fit) or ``constant``.
         label_smoothing: cross-entropy label smoothing.
+        channels_last: keep weights and batches in channels-last memory order (faster
+            convolutions on GPUs with tensor cores, notably with mixed precision).
+        compile: train and evaluate through ``torch.compile`` (plain and anti-aliased CNNs;
+            escnn's Python-level field types break the graph, so it gains little there).
 
     Examples:
         >>> from functools import partial
@@ -107,6 +114,8 @@ class SymmetryModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         lr_schedule: Literal["onecycle", "constant"] = "onecycle",
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -120,10 +129,16 @@ class SymmetryModule(pl.LightningModule):
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
         self.accuracy = nn.ModuleDict(
             {
-                f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro")
+                # validate_args=False: the checks of the inputs' values sync with the host.
+                f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)
                 for stage in ("train", "val", "test")
             }
         )
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # Kept out of the module tree (no second copy of the weights in state dicts); built in
+        # setup, once the model sits on its device.
+        self._compiled: nn.Module | None = None
 
     @property
     def num_params(self) -> int:
@@ -135,7 +150,9 @@ class SymmetryModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_same_model_on_every_rank(self, self.trainer)
-        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, _UNSYNCABLE_NORMS)}
+        if self.hparams.compile and self._compiled is None:
+            self.__dict__["_compiled"] = torch.compile(self.net)
+        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, _unsyncable_norms())}
         if self.trainer.world_size > 1 and getattr(self.trainer.strategy, "_layer_sync", None) and unsynced:
             rank_zero_warn(
                 f"sync_batchnorm synchronises torch batch norms (escnn's InnerBatchNorm included) but "
@@ -147,14 +164,16 @@ class SymmetryModule(pl.LightningModule):
         images = images.float().div_(255)  # uint8 (B, C, H, W) -> floats in [0, 1]
         if self.trainer.training:
             images = self.symmetry.augment(images)
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch
-        logits = self.net(images)
+        logits = (self.net if self._compiled is None else self._compiled)(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         accuracy = self.accuracy[f"{stage}_acc"]
-        accuracy(logits, labels)
+        accuracy.update(logits, labels)  # the epoch value is computed once, at the epoch's end
         # sync_dist: the epoch loss is the mean over every process's batches, not rank 0's alone.
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True
@@ -171,9 +190,19 @@ class SymmetryModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def on_predict_start(self) -> None:
+        # Backbones that can export themselves (escnn) predict through the plain-torch export:
+        # the same outputs without the field-type bookkeeping of every escnn layer.
+        if hasattr(self.net.backbone, "export"):
+            exported = self.net.backbone.export().to(self.device)
+            self.__dict__["_predictor"] = nn.Sequential(self.net.normalize, exported, self.net.head)
+
+    def on_predict_end(self) -> None:
+        self.__dict__.pop("_predictor", None)
+
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, labels = batch
-        logits = self.net(images)
+        logits = self.__dict__.get("_predictor", self.net)(images)
         return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels}
 
     def configure_optimizers(self) -> Any:

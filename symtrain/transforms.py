@@ -97,7 +97,7 @@ class Rot90(TransformFamily):
         return torch.randint(0, 4, (n, 1), generator=generator).float()
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
-        quarter_turns = elements[:, 0].round().long() % 4  # (B,)
+        quarter_turns = elements[:, 0].to(images.device).round().long() % 4  # (B,)
         out = images.clone()
         for k in range(1, 4):
             chosen = quarter_turns == k
@@ -138,7 +138,7 @@ class Flip(TransformFamily):
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         dim = -1 if self.axis == "horizontal" else -2
-        flipped = elements[:, 0].round().bool().view(-1, *([1] * (images.dim() - 1)))
+        flipped = elements[:, 0].to(images.device).round().bool().view(-1, *([1] * (images.dim() - 1)))
         return torch.where(flipped, images.flip(dim), images)
 
     def test_elements(self, count: int = 3) -> Tensor:
@@ -180,7 +180,7 @@ class CircularShift(TransformFamily):
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         # torch.roll takes one shift per call; group the batch by distinct shifts.
-        shifts = elements.round().long()
+        shifts = elements.to(images.device).round().long()
         out = torch.empty_like(images)
         for shift in torch.unique(shifts, dim=0):
             chosen = (shifts == shift).all(dim=1)

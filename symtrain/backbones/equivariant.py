@@ -6,7 +6,7 @@ Fourier fields with Fourier-sampled ReLUs. An invariant map (group pooling or no
 at the end hands the head features that do not change under G.
 
 On a pixel grid only rot90 and flips are exact, and only if every subsampling step keeps the
-sampling grid symmetric under them. :class:`SymmetricBlurPool` subsamples with a grid that is
+sampling grid symmetric under them. :func:`symmetric_blur_pool` subsamples with a grid that is
 symmetric for *every* square size (odd sizes keep pixels 0, 2, ..., S-1; even sizes average
 2x2 blocks), so C4/D4 models are exactly invariant at 28, 29, 32, 33 or any other size.
 """
@@ -15,20 +15,28 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from escnn import gspaces
-from escnn import nn as enn
 from kornia.filters import filter2d
-from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
+from symtrain._lazy import lazy_module
 from symtrain.backbones.base import Backbone
 from symtrain.errors import SymtrainError
 from symtrain.metrics.functional import disk_mask
 from symtrain.transforms import Exactness, TransformFamily
+
+if TYPE_CHECKING:
+    from escnn import gspaces
+    from escnn import nn as enn
+
+    from symtrain.backbones import escnn_pool
+else:  # escnn is imported when the first EquivariantCNN is built, not by every symtrain command
+    gspaces = lazy_module("escnn.gspaces")
+    enn = lazy_module("escnn.nn")
+    escnn_pool = lazy_module("symtrain.backbones.escnn_pool")
 
 Group = Literal["C", "D", "SO2", "O2"]
 
@@ -59,33 +67,6 @@ class BlurPool(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return symmetric_blur_pool(features, self.kernel)
-
-
-class SymmetricBlurPool(enn.EquivariantModule):
-    """Anti-aliased stride-2 pooling for any field type.
-
-    Blurring and subsampling act on each channel alike, so they commute with any
-    representation on the channels: this pools regular and Fourier fields the same way,
-    which escnn's pointwise pooling modules cannot.
-
-    Args:
-        in_type: the field type of the features.
-        filter_size: side of the binomial low-pass filter (odd).
-    """
-
-    def __init__(self, in_type: enn.FieldType, filter_size: int = 3) -> None:
-        super().__init__()
-        self.in_type = self.out_type = in_type
-        self.register_buffer("kernel", get_pascal_kernel_2d(filter_size, norm=True))
-
-    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
-        return enn.GeometricTensor(symmetric_blur_pool(input.tensor, self.kernel), self.out_type)
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (*input_shape[:2], *((size + 1) // 2 for size in input_shape[2:]))
-
-    def export(self) -> nn.Module:
-        return BlurPool(self.kernel.clone())
 
 
 def split_fields(features: Tensor, field_size: int) -> Tensor:
@@ -240,7 +221,7 @@ class EquivariantCNN(Backbone):
                 block = self._block(gspace, field_type, channels, kernel_size, width_rule, max_frequency)
                 layers.extend(block)
                 field_type = block[-1].out_type
-            layers.append(SymmetricBlurPool(field_type, blur_size))
+            layers.append(escnn_pool.SymmetricBlurPool(field_type, blur_size))
         if _is_regular(field_type):
             layers.append(enn.GroupPooling(field_type))
         else:
@@ -334,14 +315,14 @@ class EquivariantCNN(Backbone):
         return features.tensor
 
     def layer_strides(self) -> dict[str, int]:
-        pools = sum(isinstance(layer, SymmetricBlurPool) for layer in self.layers.children())
+        pools = sum(isinstance(layer, escnn_pool.SymmetricBlurPool) for layer in self.layers.children())
         return {**{f"stage{i + 1}": 2 ** (i + 1) for i in range(pools)}, "invariant": 2**pools}
 
     def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
         outputs, features = {}, enn.GeometricTensor(self.mask(images), self.in_type)
         for layer in self.layers.children():
             features = layer(features)
-            if isinstance(layer, SymmetricBlurPool):
+            if isinstance(layer, escnn_pool.SymmetricBlurPool):
                 outputs[f"stage{len(outputs) + 1}"] = features.tensor
         outputs["invariant"] = features.tensor
         return outputs
@@ -367,7 +348,7 @@ class EquivariantCNN(Backbone):
     def _layer_types(self) -> dict[str, enn.FieldType]:
         types: dict[str, enn.FieldType] = {}
         for layer in self.layers.children():
-            if isinstance(layer, SymmetricBlurPool):
+            if isinstance(layer, escnn_pool.SymmetricBlurPool):
                 types[f"stage{len(types) + 1}"] = layer.out_type
         types["invariant"] = list(self.layers.children())[-1].out_type
         return types

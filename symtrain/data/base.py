@@ -32,6 +32,13 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def to(self, device: torch.device) -> Split:
+        return Split(
+            self.images.to(device),
+            self.labels.to(device),
+            None if self.masks is None else self.masks.to(device),
+        )
+
     def subset(self, index: torch.Tensor) -> Split:
         return Split(
             self.images[index], self.labels[index], None if self.masks is None else self.masks[index]
@@ -39,7 +46,11 @@ class Split:
 
 
 class SplitDataset(Dataset):
-    """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label)."""
+    """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label).
+
+    The DataLoader fetches a whole batch with one indexing operation (``__getitems__``)
+    instead of indexing and stacking sample by sample.
+    """
 
     def __init__(self, split: Split) -> None:
         self.split = split
@@ -49,6 +60,15 @@ class SplitDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split.images[index], self.split.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.split.labels.device)
+        return self.split.images[index], self.split.labels[index]  # (B, C, H, W), (B,)
+
+
+def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate function of batches that :meth:`SplitDataset.__getitems__` already made."""
+    return batch
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -68,6 +88,8 @@ class ImageDataModule(pl.LightningDataModule):
             dataset has no validation split of its own.
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         split_seed: seed of the validation carve-out.
+        on_device: when training on a GPU with ``num_workers=0``, copy the splits to it once
+            in ``setup`` so batches are cut on the device and never cross the bus.
     """
 
     name: str = "data"
@@ -84,12 +106,14 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         num_workers: int = 0,
         split_seed: int = 0,
+        on_device: bool = True,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.num_workers = num_workers
         self.split_seed = split_seed
+        self.on_device = on_device
         self.splits: dict[str, Split] = {}
 
     def load_splits(self) -> dict[str, Split]:
@@ -107,6 +131,9 @@ class ImageDataModule(pl.LightningDataModule):
             num_val = max(1, int(round(len(train) * self.val_fraction)))
             splits["val"] = train.subset(order[:num_val])
             splits["train"] = train.subset(order[num_val:])
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if self.on_device and self.num_workers == 0 and device is not None and device.type != "cpu":
+            splits = {name: split.to(device) for name, split in splits.items()}
         self.splits = splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -122,6 +149,7 @@ class ImageDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
+            collate_fn=keep_batch,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -56,6 +56,7 @@ class ImageFolder(ImageDataModule):
             ``val`` directory.
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
+        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> import tempfile
@@ -84,8 +85,9 @@ class ImageFolder(ImageDataModule):
         val_fraction: float = 0.1,
         num_workers: int = 0,
         split_seed: int = 0,
+        on_device: bool = True,
     ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, split_seed)
+        super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
         self.root = root
         base = Path(root)
         if not base.is_dir():

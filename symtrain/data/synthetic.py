@@ -269,6 +269,7 @@ class SyntheticShapes(ImageDataModule):
         seed: seed of the generated data.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
+        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> data = SyntheticShapes(num_train=8, num_val=4, num_test=4, image_size=16,
@@ -296,8 +297,9 @@ class SyntheticShapes(ImageDataModule):
         seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
+        on_device: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, on_device=on_device)
         for arg, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise SymtrainError(f"data.{arg} is {value}: pass a positive number of images")

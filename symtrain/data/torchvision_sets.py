@@ -71,8 +71,9 @@ class _TorchvisionData(ImageDataModule):
         val_fraction: float,
         num_workers: int,
         split_seed: int,
+        on_device: bool,
     ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, split_seed)
+        super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
         self.root = root
         self.download = download
         # Checked now rather than in setup so a run fails before any logger or model exists.
@@ -144,6 +145,7 @@ class MNIST(_TorchvisionData):
         val_fraction: share of the training split used for validation.
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
+        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> data = MNIST(root="data", download=True)  # downloads only in prepare_data/setup
@@ -165,8 +167,9 @@ class MNIST(_TorchvisionData):
         val_fraction: float = 0.1,
         num_workers: int = 0,
         split_seed: int = 0,
+        on_device: bool = True,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed)
+        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
         self.num_classes = 10
         self.in_channels = 1
         self.image_size = 28
@@ -194,6 +197,7 @@ class RotatedMNIST(MNIST):
         val_fraction: share of the training split used for validation.
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
+        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> data = RotatedMNIST(root="data", download=True)
@@ -212,8 +216,9 @@ class RotatedMNIST(MNIST):
         val_fraction: float = 0.1,
         num_workers: int = 0,
         split_seed: int = 0,
+        on_device: bool = True,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed)
+        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
         self.seed = seed
 
     def load_splits(self) -> dict[str, Split]:
@@ -239,6 +244,7 @@ class CIFAR10(_TorchvisionData):
         val_fraction: share of the training split used for validation.
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
+        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> data = CIFAR10(root="data", download=True)
@@ -264,8 +270,9 @@ class CIFAR10(_TorchvisionData):
         val_fraction: float = 0.1,
         num_workers: int = 0,
         split_seed: int = 0,
+        on_device: bool = True,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed)
+        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
         self.num_classes = 10
         self.in_channels = 3
         self.image_size = 32

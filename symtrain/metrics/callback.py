@@ -68,7 +68,10 @@ class EquivarianceMetrics(pl.Callback):
 
     Args:
         families: families to measure (default: rot90, flip, circular_shift, shift, rotation).
-        num_samples: size of the fixed subset of the validation/test split that is measured.
+        num_samples: size of the fixed subset of the validation split measured during fit
+            (kept small: it is measured every few epochs and only follows the trend).
+        test_num_samples: size of the fixed subset of the test split (measured once; the
+            values a comparison reports).
         every_n_epochs: measure at the end of every n-th validation epoch (and the last one).
         batch_size: images per forward pass while measuring.
         layerwise: also measure the equivariance error of intermediate feature maps.
@@ -79,7 +82,8 @@ class EquivarianceMetrics(pl.Callback):
     def __init__(
         self,
         families: list[TransformFamily] | None = None,
-        num_samples: int = 192,
+        num_samples: int = 96,
+        test_num_samples: int = 192,
         every_n_epochs: int = 2,
         batch_size: int = 256,
         layerwise: bool = True,
@@ -89,6 +93,7 @@ class EquivarianceMetrics(pl.Callback):
         super().__init__()
         self.families = default_families() if families is None else list(families)
         self.num_samples = num_samples
+        self.test_num_samples = test_num_samples
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.layerwise = layerwise
@@ -109,7 +114,7 @@ class EquivarianceMetrics(pl.Callback):
 
     def _subset(self, trainer: pl.Trainer, stage: str, device: torch.device) -> tuple[Tensor, Tensor]:
         split = trainer.datamodule.splits[stage]
-        count = min(self.num_samples, len(split))
+        count = min(self.test_num_samples if stage == "test" else self.num_samples, len(split))
         # Each process measures its own share of the same fixed subset.
         index = torch.arange(trainer.global_rank, count, trainer.world_size)
         images = split.images[index].to(device).float().div_(255)  # (N, C, H, W) in [0, 1]

@@ -1,0 +1,591 @@
+"""What symtrain costs, measured against the limits, side by side in one process.
+
+    python scripts/benchmark.py --quick              # small sizes, under two minutes on a CPU
+    python scripts/benchmark.py --json bench.json    # full sizes (meant for a GPU)
+    make bench                                       # the quick version
+
+Sections (each reports ratios of things measured in the same run, interleaved over rounds,
+median of the rounds, because a shared machine's absolute speed wanders):
+
+1. framework overhead: training images/s of symtrain's fit (the CLI's trainer, model and
+   data) over a hand-written PyTorch loop on the same network, data, batch size, optimiser
+   and schedule; target >= 0.95.
+2. metrics cost: one run of the equivariance metrics (default settings) as a share of a
+   training epoch of the quickstart; target <= 0.10.
+3. augmentation cost: each family's on-device kornia augmentation as a share of a training
+   step (target <= 0.10 on GPU, <= 0.20 on CPU), and batched kornia against a per-sample
+   torchvision v2 pipeline in DataLoader workers.
+4. equivariant layers: an escnn model's training step against a plain CNN with the same
+   expanded convolution shapes (target <= 1.3x), and its eval-mode and exported inference
+   (target <= 1.05x).
+5. start-up: ``python -m symtrain --help`` (target < 2 s) beside the bare ``import
+   lightning.pytorch`` it cannot avoid, and a one-step ``fit`` of the quickstart.
+6. scaling: training time per epoch against dataset size and image size (linear in images
+   and in pixels: the normalised ratios should be ~1), and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from symtrain.backbones import EquivariantCNN  # noqa: E402
+from symtrain.cli import SymtrainCLI  # noqa: E402
+from symtrain.metrics import EquivarianceMetrics  # noqa: E402
+from symtrain.symmetry import Augmentation  # noqa: E402
+from symtrain.transforms import Affine, Elastic, Flip, Rot90, Rotation, Shift  # noqa: E402
+
+AUGMENTATION_FAMILIES = {
+    "rot90": Rot90,
+    "flip": Flip,
+    "shift": Shift,
+    "rotation": Rotation,
+    "affine": Affine,
+    "elastic": Elastic,
+}
+ESCNN_CONFIGS = ("escnn_c4", "escnn_c8", "escnn_d4", "escnn_so2")
+
+
+@dataclass
+class Sizes:
+    """How much work each section does; ``--quick`` and ``--tiny`` shrink it."""
+
+    num_train: int  # training images of the overhead and metrics runs (6000: the quickstart)
+    rounds: int  # interleaved repetitions; the median is reported
+    steps: int  # timed steps of the step-level measurements
+    warmup: int  # untimed steps first (cuDNN autotuning, escnn filter bases, allocator)
+    scaling_train: tuple[int, ...]  # dataset sizes of the scaling section
+    scaling_image: tuple[int, ...]  # image sizes of the scaling section
+    escnn_configs: tuple[str, ...]
+    startup_rounds: int
+    metrics_samples: int | None  # the metrics' num_samples (None: the default)
+
+
+FULL = Sizes(6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None)
+QUICK = Sizes(6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None)
+TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4",), 1, 16)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- 1 and 2: symtrain's fit against a hand-written loop, and the metrics' share of an epoch ---
+
+
+class TrainWindow(Callback):
+    """Times training batches ``warmup``.. to the end of the epoch (validation excluded)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.seconds = 0.0
+        self.images = 0
+
+    def on_train_batch_start(self, trainer: Trainer, module: LightningModule, batch: Any, index: int) -> None:
+        if index == self.warmup:
+            synchronize(module.device)
+            self.start = time.perf_counter()
+        if index >= self.warmup:
+            self.images += len(batch[1])
+
+    def on_train_batch_end(
+        self, trainer: Trainer, module: LightningModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        if index == trainer.num_training_batches - 1:  # no sync before: the GPU queue stays full
+            synchronize(module.device)
+            self.seconds = time.perf_counter() - self.start
+
+
+def symtrain_cli(root: Path, accelerator: str, *overrides: str) -> SymtrainCLI:
+    args = [
+        "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.max_epochs", "1",
+        "--trainer.accelerator", accelerator,
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--run.wandb", "false",
+        "--run.quiet", "true",
+        *overrides,
+    ]  # fmt: skip
+    return SymtrainCLI(args=args, run=False)
+
+
+def fit_round(root: Path, accelerator: str, sizes: Sizes, *overrides: str) -> dict[str, float]:
+    """One symtrain fit of one epoch: training images/s, the metrics' time, and the network
+    and data it trained on (for the hand-written loop)."""
+    samples = [] if sizes.metrics_samples is None else ["--metrics.num_samples", str(sizes.metrics_samples)]
+    cli = symtrain_cli(
+        root, accelerator, "--data.init_args.num_train", str(sizes.num_train),
+        "--metrics.every_n_epochs", "1", *samples, *overrides,
+    )  # fmt: skip
+    window = TrainWindow(sizes.warmup)
+    metrics = next(c for c in cli.trainer.callbacks if isinstance(c, EquivarianceMetrics))
+    measure, metric_seconds = metrics.measure, []
+
+    def timed_measure(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = measure(*args, **kwargs)
+        metric_seconds.append(time.perf_counter() - start)  # measure() ends in a host sync
+        return result
+
+    metrics.measure = timed_measure
+    cli.trainer.callbacks.append(window)
+    untrained = copy.deepcopy(cli.model.net)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    batches = cli.trainer.num_training_batches
+    return {
+        "images_per_s": window.images / window.seconds,
+        "epoch_s": window.seconds * batches / (batches - sizes.warmup),  # warm-up batches at the same pace
+        "metrics_s": sum(metric_seconds),
+        "net": untrained,
+        "split": cli.datamodule.splits["train"],
+        "lr": cli.model.hparams.lr,
+        "weight_decay": cli.model.hparams.weight_decay,
+        "batch_size": cli.datamodule.batch_size,
+        "peak_memory": peak_memory(cli.model.device),
+    }
+
+
+def hand_written_loop(fit: dict[str, Any], device: torch.device, warmup: int) -> float:
+    """The loop anyone would write: data in memory on the device, AdamW with one-cycle, and
+    nothing else. Returns training images/s over the same window as :class:`TrainWindow`."""
+    net, split, batch_size = fit["net"].to(device).train(), fit["split"], fit["batch_size"]
+    images, labels = split.images.to(device), split.labels.to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=fit["lr"], weight_decay=fit["weight_decay"])
+    num_batches = -(-len(labels) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=fit["lr"], total_steps=num_batches)
+    order = torch.randperm(len(labels), device=device)
+    start, counted = 0.0, 0
+    for index in range(num_batches):
+        if index == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        batch = order[index * batch_size : (index + 1) * batch_size]
+        x, y = images[batch].float().div_(255), labels[batch]
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        counted += len(batch) if index >= warmup else 0
+    synchronize(device)
+    return counted / (time.perf_counter() - start)
+
+
+def overhead_and_metrics(
+    root: Path, accelerator: str, device: torch.device, sizes: Sizes, *fit_args: str
+) -> dict[str, Any]:
+    symtrain_rates, hand_rates, shares, epochs = [], [], [], []
+    fit = fit_round(root, accelerator, sizes, *fit_args)  # warm-up round: allocator, cuDNN, page cache
+    hand_written_loop(fit, device, sizes.warmup)
+    for round_ in range(sizes.rounds):
+        if round_ % 2:  # alternate the order, so a drift of the machine's speed favours neither
+            hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
+        fit = fit_round(root, accelerator, sizes, *fit_args)
+        symtrain_rates.append(fit["images_per_s"])
+        if not round_ % 2:
+            hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
+        shares.append(fit["metrics_s"] / fit["epoch_s"])
+        epochs.append(fit["epoch_s"])
+    return {
+        "symtrain_images_per_s": median(symtrain_rates),
+        "hand_written_images_per_s": median(hand_rates),
+        "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
+        "train_epoch_s": median(epochs),
+        # the callback measures every_n_epochs (default 2) epochs: its cost per epoch of a fit
+        "metrics_epoch_share": median(shares) / EquivarianceMetrics().every_n_epochs,
+        "metrics_measurement_share": median(shares),
+    }
+
+
+# --- 3: augmentation ---
+
+
+def quickstart_net(root: Path, device: torch.device) -> nn.Module:
+    return symtrain_cli(root, "cpu", "--data.init_args.num_train", "64").model.net.to(device).train()
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    optimizer.step()
+
+
+def repeat(function: Callable[[], Any], count: int, device: torch.device) -> float:
+    """Seconds for ``count`` calls of ``function``."""
+
+    def run() -> None:
+        for _ in range(count):
+            function()
+
+    return timed(run, device)
+
+
+def augmentation(root: Path, device: torch.device, sizes: Sizes, batch_size: int = 128) -> dict[str, Any]:
+    torch.manual_seed(0)
+    net = quickstart_net(root, device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    batch = torch.randint(0, 256, (batch_size, 1, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 8, (batch_size,), device=device)
+    strategies = {name: Augmentation([family()]).to(device) for name, family in AUGMENTATION_FAMILIES.items()}
+    augment_s: dict[str, list[float]] = {name: [] for name in strategies}
+    step_s: list[float] = []
+    for _ in range(sizes.rounds + 1):  # the first round warms up
+        for name, strategy in strategies.items():
+            augment_s[name].append(
+                repeat(lambda s=strategy: s.augment(batch.float() / 255), sizes.steps, device)
+            )
+        step_s.append(
+            repeat(lambda: train_step(net, optimizer, batch.float() / 255, labels), sizes.steps, device)
+        )
+    step = median(step_s[1:])
+    augment = {name: median(times[1:]) for name, times in augment_s.items()}
+    kornia_rate = sizes.steps * batch_size / augment["rotation"]
+    torchvision_rate = torchvision_workers_rate(batch.cpu(), sizes)
+    return {
+        # the step with augmentation = the augmentation + the step without it
+        "augmentation_step_share": {name: seconds / (seconds + step) for name, seconds in augment.items()},
+        "kornia_rotation_images_per_s": kornia_rate,
+        "torchvision_workers_rotation_images_per_s": torchvision_rate,
+        "kornia_over_torchvision": kornia_rate / torchvision_rate,
+    }
+
+
+class _PerSampleRotation(torch.utils.data.Dataset):
+    def __init__(self, images: Tensor, length: int) -> None:
+        from torchvision.transforms import v2
+
+        self.images, self.length = images, length
+        self.transform = v2.Compose([v2.RandomRotation(180.0), v2.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(self.images[index % len(self.images)])
+
+
+def torchvision_workers_rate(batch: Tensor, sizes: Sizes) -> float:
+    """Per-sample torchvision v2 rotation in DataLoader workers, one per core, images/s after
+    the workers have started."""
+    workers = max(1, min(8, os.cpu_count() or 1))
+    length = len(batch) * (sizes.steps + sizes.warmup) * workers
+    loader = torch.utils.data.DataLoader(
+        _PerSampleRotation(batch, length), batch_size=len(batch), num_workers=workers
+    )
+    batches = iter(loader)
+    for _ in range(workers):  # every worker has delivered its first batch
+        next(batches)
+    start, count = time.perf_counter(), 0
+    for images in batches:
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+# --- 4: escnn against a plain CNN with the same expanded convolutions ---
+
+
+def plain_twin(exported: nn.Sequential) -> nn.Sequential:
+    """A plain CNN with the exported escnn network's convolution shapes: its own conv weights,
+    per-channel batch norm and ReLU, the same blur pooling; no field bookkeeping and no
+    invariant map (the head pools spatially)."""
+    layers: list[nn.Module] = []
+    channels = 0
+    for module in exported:
+        if isinstance(module, nn.Conv2d):
+            channels = module.out_channels
+            layers.append(nn.Conv2d(module.in_channels, channels, module.kernel_size, padding=module.padding))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) or "Norm" in type(module).__name__:
+            if type(module).__name__ not in ("NormPool",):
+                layers.append(nn.BatchNorm2d(channels))
+        elif isinstance(module, nn.ReLU) or type(module).__name__ == "FourierActivation":
+            layers.append(nn.ReLU(inplace=True))
+        elif type(module).__name__ == "BlurPool":
+            layers.append(copy.deepcopy(module))
+    return nn.Sequential(*layers)
+
+
+class _WithHead(nn.Module):
+    def __init__(self, features: nn.Module, channels: int, num_classes: int = 8) -> None:
+        super().__init__()
+        self.features, self.fc = features, nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean(dim=(-2, -1)))
+
+
+def compare_with_plain(
+    config: str, device: torch.device, sizes: Sizes, batch_size: int = 128
+) -> dict[str, float]:
+    import yaml
+
+    x = torch.rand(batch_size, 1, 32, 32, device=device)
+    y = torch.randint(0, 8, (batch_size,), device=device)
+    spec = yaml.safe_load((ROOT / "configs" / "backbone" / f"{config}.yaml").read_text())
+    backbone = EquivariantCNN(1, **spec["model"]["backbone"]["init_args"])
+    exported = backbone.export()
+    twin = plain_twin(exported)
+    with torch.no_grad():
+        twin_channels = twin(x[:1].cpu()).shape[1]
+    nets = {
+        "escnn": _WithHead(backbone, backbone.out_channels).to(device),
+        "exported": _WithHead(exported, backbone.out_channels).to(device),
+        "plain": _WithHead(twin, twin_channels).to(device),
+    }
+    optimizers = {name: torch.optim.AdamW(net.parameters()) for name, net in nets.items()}
+    train_s: dict[str, list[float]] = {"escnn": [], "plain": []}
+    infer_s: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(sizes.rounds + 1):  # the first round warms up
+        for name in train_s:
+            net, optimizer = nets[name].train(), optimizers[name]
+            train_s[name].append(
+                repeat(lambda n=net, o=optimizer: train_step(n, o, x, y), sizes.steps, device)
+            )
+        for name, net in nets.items():
+            net.eval()  # escnn expands and caches its filters here, outside the timing
+            with torch.no_grad():
+                infer_s[name].append(repeat(lambda n=net: n(x), sizes.steps, device))
+    train = {name: median(times[1:]) for name, times in train_s.items()}
+    infer = {name: median(times[1:]) for name, times in infer_s.items()}
+    return {
+        "train_ratio": train["escnn"] / train["plain"],
+        "eval_infer_ratio": infer["escnn"] / infer["plain"],
+        "export_infer_ratio": infer["exported"] / infer["plain"],
+        "plain_train_images_per_s": sizes.steps * batch_size / train["plain"],
+    }
+
+
+def escnn_layers(device: torch.device, sizes: Sizes) -> dict[str, Any]:
+    rows = {config: compare_with_plain(config, device, sizes) for config in sizes.escnn_configs}
+    first = rows[sizes.escnn_configs[0]]
+    return {
+        "escnn": rows,
+        "escnn_train_ratio": first["train_ratio"],
+        "escnn_eval_infer_ratio": first["eval_infer_ratio"],
+        "escnn_export_infer_ratio": first["export_infer_ratio"],
+    }
+
+
+# --- 5: start-up ---
+
+
+def wall(command: list[str], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def startup(root: Path, accelerator: str, sizes: Sizes) -> dict[str, float]:
+    env_python = [sys.executable]
+    first_step = [
+        *env_python, "-m", "symtrain", "fit", "--config", "configs/quickstart.yaml",
+        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.accelerator", accelerator,
+        "--trainer.default_root_dir", str(root), "--metrics.families", "[]", "--run.test_after_fit", "false",
+        "--run.wandb", "false", "--run.quiet", "true",
+    ]  # fmt: skip
+    return {
+        "startup_help_s": wall([*env_python, "-m", "symtrain", "--help"], sizes.startup_rounds),
+        "import_lightning_s": wall([*env_python, "-c", "import lightning.pytorch"], sizes.startup_rounds),
+        "first_step_fit_s": wall(first_step, sizes.startup_rounds),
+    }
+
+
+# --- 6: scaling ---
+
+
+def peak_memory(device: torch.device) -> float:
+    """Peak bytes: allocated on the GPU since the last reset, or the process's resident peak."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def scaling(root: Path, accelerator: str, device: torch.device, sizes: Sizes) -> dict[str, Any]:
+    rows = []
+    base_n, base_size = sizes.scaling_train[0], sizes.scaling_image[0]
+    configs = [(n, base_size) for n in sizes.scaling_train] + [(base_n, s) for s in sizes.scaling_image[1:]]
+    for num_train, image_size in configs:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        run_sizes = Sizes(**{**sizes.__dict__, "num_train": num_train})
+        fit = fit_round(root, accelerator, run_sizes, "--data.init_args.image_size", str(image_size),
+                        "--metrics.families", "[]")  # fmt: skip
+        rows.append({"num_train": num_train, "image_size": image_size, "epoch_s": fit["epoch_s"],
+                     "peak_memory_mb": fit["peak_memory"] / 2**20})  # fmt: skip
+    base = rows[0]
+    for row in rows:
+        work = (row["num_train"] / base["num_train"]) * (row["image_size"] / base["image_size"]) ** 2
+        row["time_per_work_vs_first"] = row["epoch_s"] / base["epoch_s"] / work
+    return {"scaling": rows}
+
+
+# --- the report ---
+
+
+def status(value: float, target: float, higher_is_better: bool) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "NOT met"
+
+
+def report(results: dict[str, Any]) -> str:
+    device_type = results["device"]
+    aug_target = 0.10 if device_type == "cuda" else 0.20
+    extra = f"; fit args: {results['fit_args']}" if results.get("fit_args") else ""
+    setting = f"{results['mode']}; torch {results['torch']}{extra}"
+    lines = [
+        f"symtrain benchmark on {results['device_name']} ({setting})",
+        "",
+        "| measure | value | target | |",
+        "|---|---:|---:|---|",
+    ]
+
+    def row(name: str, value: float, target: float, higher: bool, fmt: str = "{:.3f}") -> None:
+        comparison = ">=" if higher else "<="
+        met = status(value, target, higher)
+        lines.append(f"| {name} | {fmt.format(value)} | {comparison} {target} | {met} |")
+
+    def info(name: str, value: float, fmt: str = "{:.3f}") -> None:
+        lines.append(f"| {name} | {fmt.format(value)} | | |")
+
+    if "framework_overhead_ratio" in results:
+        overhead = results["framework_overhead_ratio"]
+        row("framework overhead: symtrain img/s / hand-written loop img/s", overhead, 0.95, True)
+        share = results["metrics_epoch_share"]
+        row("metrics: callback time per epoch (every 2nd epoch) / training epoch", share, 0.10, False)
+        info("metrics: one measurement / training epoch", results["metrics_measurement_share"])
+    for family, share in results.get("augmentation_step_share", {}).items():
+        row(f"augmentation {family}: share of a training step", share, aug_target, False)
+    if "kornia_over_torchvision" in results:
+        info(
+            "rotation: batched kornia / per-sample torchvision v2 in workers (img/s)",
+            results["kornia_over_torchvision"],
+            "{:.2f}",
+        )
+    for config, values in results.get("escnn", {}).items():
+        row(f"{config}: train step / plain CNN with the same convs", values["train_ratio"], 1.3, False)
+        row(f"{config}: eval-mode inference / plain CNN", values["eval_infer_ratio"], 1.05, False)
+        row(f"{config}: exported inference / plain CNN", values["export_infer_ratio"], 1.05, False)
+    if "startup_help_s" in results:
+        row("start-up: `python -m symtrain --help` (s)", results["startup_help_s"], 2.0, False, "{:.2f}")
+        info("(floor) `import lightning.pytorch` alone (s)", results["import_lightning_s"], "{:.2f}")
+        info("one-step quickstart fit, process start to exit (s)", results["first_step_fit_s"], "{:.2f}")
+    lines.append("")
+    if "symtrain_images_per_s" in results:
+        lines.append(
+            f"training: symtrain {results['symtrain_images_per_s']:,.0f} img/s, hand-written "
+            f"{results['hand_written_images_per_s']:,.0f} img/s; epoch {results['train_epoch_s']:.2f} s"
+        )
+    if "kornia_rotation_images_per_s" in results:
+        kornia_rate = results["kornia_rotation_images_per_s"]
+        workers_rate = results["torchvision_workers_rotation_images_per_s"]
+        rates = f"kornia {kornia_rate:,.0f} img/s, torchvision workers {workers_rate:,.0f} img/s"
+        lines.append(f"rotation augmentation: {rates}")
+    if "scaling" in results:
+        lines += [
+            "",
+            "| train images | image size | epoch (s) | time per image-pixel vs first | peak memory (MiB) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in results["scaling"]:
+            cells = (
+                r["num_train"],
+                r["image_size"],
+                f"{r['epoch_s']:.2f}",
+                f"{r['time_per_work_vs_first']:.2f}",
+            )
+            lines.append(f"| {' | '.join(map(str, cells))} | {r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+SECTIONS = ("overhead", "augmentation", "escnn", "startup", "scaling")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (under two minutes on a CPU)")
+    parser.add_argument("--tiny", action="store_true", help="smallest sizes: only checks that it runs")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--escnn", nargs="+", help="backbone configs of the escnn section (default per size)")
+    parser.add_argument(
+        "--fit-args",
+        default="",
+        help="extra symtrain flags for the overhead section's fits, e.g. '--model.channels_last true' "
+        "(the hand-written loop stays plain fp32, so the ratio shows what the option gains)",
+    )
+    args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # the CLI instances below get their arguments from `args=`
+    sizes = TINY if args.tiny else QUICK if args.quick else FULL
+    if args.escnn:
+        sizes = Sizes(**{**sizes.__dict__, "escnn_configs": tuple(args.escnn)})
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    results: dict[str, Any] = {
+        "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if "overhead" in args.sections:
+            results["fit_args"] = args.fit_args
+            results.update(overhead_and_metrics(root, accelerator, device, sizes, *args.fit_args.split()))
+        if "augmentation" in args.sections:
+            results.update(augmentation(root, device, sizes))
+        if "escnn" in args.sections:
+            results.update(escnn_layers(device, sizes))
+        if "startup" in args.sections:
+            results.update(startup(root, accelerator, sizes))
+        if "scaling" in args.sections:
+            results.update(scaling(root, accelerator, device, sizes))
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
