@@ -1,6 +1,7 @@
 # Two commands do everything from a fresh clone:
 #   make demo   set up .venv and train the offline quickstart
 #   make test   set up .venv and run the test suite
+#   make bench  set up .venv and run the quick benchmark (scripts/benchmark.py)
 # The venv is reused; it is reinstalled only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 demo: $(STAMP)
 	$(BIN)/python -m symtrain fit --config configs/quickstart.yaml
@@ -16,6 +17,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check symtrain tests scripts
 	$(BIN)/python -m pytest -n 2
+
+bench: $(STAMP)
+	mkdir -p runs
+	$(BIN)/python scripts/benchmark.py --quick --json runs/benchmark.json
 
 install: $(STAMP)
 
