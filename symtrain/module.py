@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
@@ -126,12 +127,16 @@ class SymmetryModule(pl.LightningModule):
         self.net = SymmetryNet(Normalize(mean, std), backbone(in_channels), num_classes)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
         self.symmetry.check(self.net.backbone)
-        # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
+        # Loss and accuracy accumulate on the device at every step and are logged once per
+        # epoch: a self.log call per step costs more than a small model's step on a GPU.
+        # (ModuleDict keys may not shadow nn.Module attributes such as ``train``.)
+        stages = ("train", "val", "test")
+        self.mean_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in stages})
         self.accuracy = nn.ModuleDict(
             {
                 # validate_args=False: the checks of the inputs' values sync with the host.
                 f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-                for stage in ("train", "val", "test")
+                for stage in stages
             }
         )
         if channels_last:
@@ -172,14 +177,27 @@ class SymmetryModule(pl.LightningModule):
         images, labels = batch
         logits = (self.net if self._compiled is None else self._compiled)(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        accuracy = self.accuracy[f"{stage}_acc"]
-        accuracy.update(logits, labels)  # the epoch value is computed once, at the epoch's end
-        # sync_dist: the epoch loss is the mean over every process's batches, not rank 0's alone.
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True
-        )
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
+        self.accuracy[f"{stage}_acc"].update(logits, labels)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        # compute() reduces across processes (torchmetrics states), so every rank logs the
+        # same mean over all of the epoch's samples.
+        loss, accuracy = self.mean_loss[f"{stage}_loss"], self.accuracy[f"{stage}_acc"]
+        self.log(f"{stage}/loss", loss.compute(), prog_bar=stage != "test")
+        self.log(f"{stage}/acc", accuracy.compute(), prog_bar=True)
+        loss.reset()
+        accuracy.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
