@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -51,8 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from symtrain.backbones import EquivariantCNN  # noqa: E402
+from symtrain.backbones.equivariant import BlurPool, FourierActivation  # noqa: E402
 from symtrain.cli import SymtrainCLI  # noqa: E402
 from symtrain.metrics import EquivarianceMetrics  # noqa: E402
+from symtrain.module import ClassificationHead  # noqa: E402
 from symtrain.symmetry import Augmentation  # noqa: E402
 from symtrain.transforms import Affine, Elastic, Flip, Rot90, Rotation, Shift  # noqa: E402
 
@@ -98,10 +100,6 @@ def timed(function: Callable[[], Any], device: torch.device) -> float:
     function()
     synchronize(device)
     return time.perf_counter() - start
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 # --- 1 and 2: symtrain's fit against a hand-written loop, and the metrics' share of an epoch ---
@@ -322,31 +320,21 @@ def torchvision_workers_rate(batch: Tensor, sizes: Sizes) -> float:
 
 def plain_twin(exported: nn.Sequential) -> nn.Sequential:
     """A plain CNN with the exported escnn network's convolution shapes: its own conv weights,
-    per-channel batch norm and ReLU, the same blur pooling; no field bookkeeping and no
-    invariant map (the head pools spatially)."""
+    batch norm and ReLU, the same blur pooling; no field bookkeeping and no invariant map (the
+    head pools spatially)."""
     layers: list[nn.Module] = []
-    channels = 0
     for module in exported:
         if isinstance(module, nn.Conv2d):
-            channels = module.out_channels
-            layers.append(nn.Conv2d(module.in_channels, channels, module.kernel_size, padding=module.padding))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) or "Norm" in type(module).__name__:
-            if type(module).__name__ not in ("NormPool",):
-                layers.append(nn.BatchNorm2d(channels))
-        elif isinstance(module, nn.ReLU) or type(module).__name__ == "FourierActivation":
+            layers.append(
+                nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, padding=module.padding)
+            )
+        elif isinstance(module, nn.BatchNorm2d):  # what escnn's batch norms export to
+            layers.append(nn.BatchNorm2d(module.num_features))
+        elif isinstance(module, (nn.ReLU, FourierActivation)):
             layers.append(nn.ReLU(inplace=True))
-        elif type(module).__name__ == "BlurPool":
+        elif isinstance(module, BlurPool):
             layers.append(copy.deepcopy(module))
     return nn.Sequential(*layers)
-
-
-class _WithHead(nn.Module):
-    def __init__(self, features: nn.Module, channels: int, num_classes: int = 8) -> None:
-        super().__init__()
-        self.features, self.fc = features, nn.Linear(channels, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x).mean(dim=(-2, -1)))
 
 
 def compare_with_plain(
@@ -363,9 +351,9 @@ def compare_with_plain(
     with torch.no_grad():
         twin_channels = twin(x[:1].cpu()).shape[1]
     nets = {
-        "escnn": _WithHead(backbone, backbone.out_channels).to(device),
-        "exported": _WithHead(exported, backbone.out_channels).to(device),
-        "plain": _WithHead(twin, twin_channels).to(device),
+        "escnn": nn.Sequential(backbone, ClassificationHead(backbone.out_channels, 8)).to(device),
+        "exported": nn.Sequential(exported, ClassificationHead(backbone.out_channels, 8)).to(device),
+        "plain": nn.Sequential(twin, ClassificationHead(twin_channels, 8)).to(device),
     }
     optimizers = {name: torch.optim.AdamW(net.parameters()) for name, net in nets.items()}
     train_s: dict[str, list[float]] = {"escnn": [], "plain": []}

@@ -157,7 +157,8 @@ class SymmetryModule(pl.LightningModule):
         check_same_model_on_every_rank(self, self.trainer)
         if self.hparams.compile and self._compiled is None:
             self.__dict__["_compiled"] = torch.compile(self.net)
-        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, _unsyncable_norms())}
+        unsyncable = _unsyncable_norms()
+        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, unsyncable)}
         if self.trainer.world_size > 1 and getattr(self.trainer.strategy, "_layer_sync", None) and unsynced:
             rank_zero_warn(
                 f"sync_batchnorm synchronises torch batch norms (escnn's InnerBatchNorm included) but "

@@ -90,6 +90,21 @@ def test_escnn_predicts_through_its_export_with_the_same_outputs() -> None:
     assert "_predictor" not in module.__dict__  # the exported copy is dropped after predicting
 
 
+def train_briefly(module: SymmetryModule, **length: int) -> pl.Trainer:
+    """Fit on the tiny shapes on the CPU, training only, with nothing written."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **length,
+    )
+    trainer.fit(module, datamodule=tiny_shapes())
+    return trainer
+
+
 @pytest.mark.parametrize("backbone_name", ["cnn", "escnn_c4"])
 def test_channels_last_trains_to_the_same_loss(backbone_name: str) -> None:
     """channels_last changes the memory order only: the same seed gives the same training."""
@@ -101,16 +116,7 @@ def test_channels_last_trains_to_the_same_loss(backbone_name: str) -> None:
         else:
             backbone = partial(EquivariantCNN, width=4, depth=2)
         module = SymmetryModule(backbone, num_classes=8, channels_last=channels_last)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, datamodule=tiny_shapes())
+        trainer = train_briefly(module, max_epochs=1)
         if channels_last:
             convs = [m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d)]
             assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
@@ -121,16 +127,7 @@ def test_channels_last_trains_to_the_same_loss(backbone_name: str) -> None:
 
 def test_compile_option_trains_through_torch_compile() -> None:
     module = SymmetryModule(partial(StandardCNN, width=4, depth=1), num_classes=8, compile=True)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=tiny_shapes())
+    trainer = train_briefly(module, max_steps=2)
     compiled = module.__dict__["_compiled"]
     assert compiled is not None and compiled._orig_mod is module.net
     assert not any(key.startswith("_compiled") for key in module.state_dict())  # no second copy

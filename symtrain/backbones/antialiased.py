@@ -224,9 +224,6 @@ class AntialiasedCNN(_StagedCNN):
         blur = [BinomialFilter(self.filter_size, 1, self.padding_mode)] if self.filter_size > 1 else []
         return nn.Sequential(DenseMaxPool(self.circular), *blur, AdaptivePolyphaseSampling())
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images)  # (B, width * 2**(depth-1), H / 2**depth, W / 2**depth)
-
     def declared_symmetries(self) -> dict[str, Exactness]:
         wraps = self.circular and (self.padding_mode == "circular" or self.filter_size == 1)
         if self.downsample == "aps" and wraps:

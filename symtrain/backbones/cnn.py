@@ -65,6 +65,9 @@ class _StagedCNN(Backbone):
     layers: nn.Sequential
     depth: int
 
+    def forward(self, images: Tensor) -> Tensor:
+        return self.layers(images)  # (B, width * 2**(depth-1), H / 2**depth, W / 2**depth)
+
     def layer_strides(self) -> dict[str, int]:
         return {f"stage{stage + 1}": 2 ** (stage + 1) for stage in range(self.depth)}
 
@@ -116,9 +119,6 @@ class StandardCNN(_StagedCNN):
             kernel_size,
             downsample=lambda: nn.MaxPool2d(kernel_size=2, stride=2),
         )
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images)  # (B, width * 2**(depth-1), H / 2**depth, W / 2**depth)
 
     def declared_symmetries(self) -> dict[str, Exactness]:
         return {"shift": "approximate", "circular_shift": "approximate"}
