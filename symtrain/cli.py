@@ -25,18 +25,32 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
 from symtrain.backbones import Backbone
+from symtrain.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
 from symtrain.data import ImageDataModule
 from symtrain.errors import SymtrainError
 from symtrain.metrics import EquivarianceMetrics
 from symtrain.module import SymmetryModule
+from symtrain.recovery import (
+    NonFiniteLossStop,
+    Preemption,
+    RandomState,
+    exit_code_for,
+    find_resumable_run,
+    newest_checkpoint,
+    run_of_checkpoint,
+)
 from symtrain.runs import (
     RunOptions,
     create_run_dir,
     default_run_name,
+    find_checkpoint,
     remove_run,
+    run_name_prefix,
     to_jsonable,
     wandb_mode,
     write_summary,
@@ -169,20 +183,30 @@ class SymtrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand is None:
             return super().instantiate_trainer(**kwargs)
+        # Only here do model and data meet: a backbone's exact claims may depend on the image size.
+        self.model.symmetry.check(self.model.net.backbone, self.datamodule.image_size)
         trainer_config = self._get(self.config_init, "trainer", default={})
         options = self.run_options
         names = self._component_names()
+        root = Path(trainer_config["default_root_dir"])
+        resumed = self._resolve_ckpt_path(root, options, names)
         run_name = options.name or default_run_name(
             names["backbone"], names["strategy"], names["dataset"], names["seed"], self.subcommand
         )
-        root = trainer_config["default_root_dir"]
-        if rank_zero_only.rank == 0:
+        if resumed is not None:
+            self.run_dir = resumed
+            # The resuming command's config replaces the first one (it may extend max_epochs).
+            self.save_config_kwargs["overwrite"] = True
+        elif rank_zero_only.rank == 0:
             self.run_dir = create_run_dir(root, run_name)
-            os.environ[_RUN_DIR_ENV] = str(self.run_dir)  # inherited by the processes DDP relaunches
         else:
             # Only rank 0 writes (Lightning broadcasts its checkpoint paths); the other processes
             # create nothing and point at the directory rank 0 made, when they can know it.
-            self.run_dir = Path(os.environ.get(_RUN_DIR_ENV) or Path(root) / run_name)
+            self.run_dir = Path(os.environ.get(_RUN_DIR_ENV) or root / run_name)
+        if rank_zero_only.rank == 0:
+            os.environ[_RUN_DIR_ENV] = str(self.run_dir)  # inherited by the processes DDP relaunches
+        # Lightning keeps SLURM's requeue checkpoints (hpc_ckpt_N.ckpt) in default_root_dir.
+        kwargs["default_root_dir"] = str(self.run_dir)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(self.run_dir, options, names)
         checkpoints = self.run_dir / "checkpoints"
@@ -191,15 +215,71 @@ class SymtrainCLI(LightningCLI):
         # writes when a best checkpoint was written in the same step.
         best = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min")
         last = ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False)
+        self.preemption = Preemption(checkpoints / "last.ckpt")
+        recovery = [RandomState(), self.preemption, NonFiniteLossStop(checkpoints / "last.ckpt")]
         callbacks = trainer_config.get("callbacks") or []
-        kwargs["callbacks"] = [*callbacks, best, last]
+        kwargs["callbacks"] = [*callbacks, *recovery, best, last]
+        if not any(isinstance(p, CheckpointIO) for p in trainer_config.get("plugins") or []):
+            kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
         if options.quiet:
             kwargs.update(enable_progress_bar=False, enable_model_summary=False)
         try:
             return super().instantiate_trainer(**kwargs)
         except Exception:
-            remove_run(self.run_dir)
+            if resumed is None:
+                remove_run(self.run_dir)
             raise
+
+    def _resolve_ckpt_path(self, root: Path, options: RunOptions, names: dict[str, Any]) -> Path | None:
+        """Turn ``--ckpt_path last`` (or a run directory, or a checkpoint inside one) into a
+        checkpoint file; for ``fit``, return the run directory that the fit continues in.
+
+        ``last`` means the run named ``--run.name``, else the newest run of the same backbone,
+        strategy, data and seed under the root. A requeued SLURM job resumes as if given ``last``.
+        """
+        ckpt_path = self._get(self.config_init, "ckpt_path")
+        if ckpt_path is None and self.subcommand == "fit" and int(os.environ.get("SLURM_RESTART_COUNT", 0)):
+            ckpt_path = "last"
+        if ckpt_path is None or ckpt_path in ("hpc", "registry"):
+            return None
+        fit_prefix = run_name_prefix(names["backbone"], names["strategy"], names["dataset"], names["seed"])
+        run_dir: Path | None = None
+        if ckpt_path in ("last", "best"):
+            name = options.name if self.subcommand == "fit" else None
+            run_dir = find_resumable_run(root, name, fit_prefix)
+            if run_dir is None:
+                looked_for = f"'{options.name}'" if name else f"'{fit_prefix}*' with a checkpoint"
+                if self.subcommand != "fit":
+                    raise SymtrainError(f"no run {looked_for} under '{root}': pass --ckpt_path FILE")
+                rank_zero_only(sys.stderr.write)(
+                    f"symtrain: no run {looked_for} under '{root}' to resume: starting a new run\n"
+                )
+                self._set_ckpt_path(None)
+                return None
+            checkpoint = newest_checkpoint(run_dir) if ckpt_path == "last" else find_checkpoint(run_dir)
+        else:
+            path = Path(ckpt_path)
+            checkpoint = find_checkpoint(path)
+            if path.is_dir() and self.subcommand == "fit":
+                checkpoint = newest_checkpoint(path) or checkpoint
+            run_dir = run_of_checkpoint(checkpoint)
+        if str(checkpoint) != str(ckpt_path):
+            # LightningCLI took the model's config from the checkpoint only if it was named as a
+            # file; a resolved one may hold another model (e.g. a run of another width).
+            check_checkpoint_fits(read_checkpoint(checkpoint), self.model, checkpoint)
+        self._set_ckpt_path(str(checkpoint))
+        return run_dir if self.subcommand == "fit" else None
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the model's config from a --ckpt_path file here; read it safely
+        # first, so that a truncated or foreign file ends in one line naming it.
+        ckpt_path = self.config.get("subcommand") and self.config[self.config.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _set_ckpt_path(self, value: str | None) -> None:
+        self.config_init[self.subcommand]["ckpt_path"] = value
 
     def _component_names(self) -> dict[str, Any]:
         return {
@@ -229,7 +309,7 @@ class SymtrainCLI(LightningCLI):
                         "run_dir": str(run_dir),
                         "data": self._get(self.config, "data").as_dict(),
                     },
-                    mode=wandb_mode(),
+                    mode=wandb_mode(str(run_dir.parent)),
                     settings=wandb.Settings(silent=options.quiet, console="off"),
                 )
             )
@@ -275,6 +355,13 @@ class SymtrainCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            checkpoint = self.preemption.checkpoint
+            sys.stderr.write(
+                f"symtrain: stopped by {self.preemption.received or 'SIGTERM'}: saved {checkpoint}; "
+                f"resume with the same command and --ckpt_path {checkpoint}\n"
+            )
+            raise SystemExit(exit_code_for(self.preemption.received)) from None
         except Exception as error:
             if user_error(error) is None:
                 raise

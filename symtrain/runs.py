@@ -16,6 +16,11 @@ import netrc
 import os
 import re
 import shutil
+import socket
+import sys
+import threading
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,10 +55,26 @@ class RunOptions:
     test_after_fit: bool = True
 
 
+def run_name_prefix(
+    backbone: str, strategy: str, dataset: str, seed: int | None, subcommand: str = "fit"
+) -> str:
+    """What every default run name of this backbone, strategy, data, seed and command starts with.
+
+    Examples:
+        >>> run_name_prefix("StandardCNN", "NoSymmetry", "shapes", 0)
+        'standardcnn-nosymmetry-shapes-s0-'
+        >>> run_name_prefix("StandardCNN", "NoSymmetry", "shapes", 0, "test")
+        'standardcnn-nosymmetry-shapes-s0-test-'
+    """
+    stage = "" if subcommand == "fit" else f"{subcommand}-"
+    return f"{backbone}-{strategy}-{dataset}-s{seed}-{stage}".lower()
+
+
 def default_run_name(
     backbone: str, strategy: str, dataset: str, seed: int | None, subcommand: str = "fit"
 ) -> str:
-    """A readable, sortable name; the timestamp keeps repeated runs apart.
+    """A readable, sortable name ending in the start time, which keeps repeated runs apart. In a
+    SLURM job it ends in the job id instead, so a requeued job finds its own run again.
 
     Examples:
         >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0)[:33]
@@ -61,9 +82,11 @@ def default_run_name(
         >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0, "test")[:38]
         'standardcnn-nosymmetry-shapes-s0-test-'
     """
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    stage = "" if subcommand == "fit" else f"{subcommand}-"
-    return f"{backbone}-{strategy}-{dataset}-s{seed}-{stage}{stamp}".lower()
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    stamp = f"j{job}" if job and re.fullmatch(r"[\d_]+", job) else datetime.now().strftime("%Y%m%d-%H%M%S")
+    return run_name_prefix(backbone, strategy, dataset, seed, subcommand) + stamp
 
 
 def create_run_dir(root: str | os.PathLike, name: str) -> Path:
@@ -96,23 +119,105 @@ def create_run_dir(root: str | os.PathLike, name: str) -> Path:
     raise SymtrainError(f"too many runs named {name!r} under '{root}': choose another --run.name")
 
 
-def wandb_mode() -> str:
-    """``WANDB_MODE`` when set; otherwise online only for a logged-in user, so nothing prompts."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
+def wandb_mode(sync_dir: str | None = None) -> str:
+    """The wandb mode for a run: online only when wandb can log in and reach its server.
+
+    ``WANDB_MODE`` wins when set, except that an online mode falls back to offline, with one line
+    on stderr, when there are no credentials (wandb would stop and prompt for them) or the server
+    does not answer within a few seconds (wandb would retry for minutes before failing the run).
+    Without ``WANDB_MODE``, a run is online only for a logged-in user, so nothing ever prompts.
+
+    Args:
+        sync_dir: the directory holding the runs' ``wandb/`` folder, for the message on how to
+            upload an offline run later (default: ``runs``).
+
+    Returns:
+        ``WANDB_MODE`` as set, ``"online"`` or ``"offline"``.
+    """
+    requested = os.environ.get("WANDB_MODE", "").strip()
+    # "offline", "dryrun" and "disabled" never touch the network: nothing to check.
+    if requested and requested not in ("online", "run", "shared"):
+        return requested
+    base_url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = urllib.parse.urlsplit(base_url if "://" in base_url else f"https://{base_url}")
+    host = url.hostname or "api.wandb.ai"
+    upload_later = f"upload later with: wandb sync {Path(sync_dir or 'runs') / 'wandb'}/offline-run-*"
+    if not _has_wandb_credentials(url.netloc or host):
+        if requested:
+            _tell(
+                f"WANDB_MODE={requested} but no credentials for {url.netloc or host}: logging offline; "
+                f"log in with `wandb login` (or set WANDB_API_KEY), {upload_later}"
+            )
+        return "offline"
+    target = f"{host}:{_port(url)}"
+    # wandb goes through the proxy the environment names, so that is what has to answer.
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        reason = _cannot_connect(proxy_url.hostname or "", _port(proxy_url))
+        target += f" through proxy {proxy_url.hostname}:{_port(proxy_url)}"
+    else:
+        reason = _cannot_connect(host, _port(url))
+    if reason is not None:
+        _tell(f"cannot reach {target} ({reason}): logging offline; {upload_later}")
+        return "offline"
+    return requested or "online"
+
+
+def _has_wandb_credentials(netloc: str) -> bool:
+    """Whether wandb finds an API key for the server at ``netloc`` without prompting for one."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    # Where wandb looks: the file NETRC names, else ~/.netrc (what `wandb login` writes).
+    path = os.environ.get("NETRC")
     try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+        entries = netrc.netrc(os.path.expanduser(path) if path else None)
     except (OSError, netrc.NetrcParseError):
-        logged_in = False
-    return "online" if logged_in else "offline"
+        return False
+    return entries.authenticators(netloc) is not None
+
+
+def _port(url: urllib.parse.SplitResult) -> int:
+    """The URL's port: the explicit one, else the scheme's default."""
+    try:
+        port = url.port
+    except ValueError:  # not a number: wandb will refuse the URL itself, with its own message
+        port = None
+    return port or (80 if url.scheme == "http" else 443)
+
+
+def _cannot_connect(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to ``host:port`` does not open within ``timeout`` seconds; None if it does."""
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        # UnicodeError: a host name that cannot be encoded (an empty or over-long label).
+        except (OSError, UnicodeError, ValueError) as error:
+            outcome.append(getattr(error, "strerror", None) or str(error) or type(error).__name__)
+
+    # In a thread, to bound the whole attempt: the name lookup has no timeout of its own and can
+    # stall for many seconds when a resolver is configured but unreachable.
+    worker = threading.Thread(target=connect, name="symtrain-wandb-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else "timed out"
+
+
+def _tell(message: str) -> None:
+    """One line on stderr, from the first process only: every DDP process builds the loggers."""
+    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if variable in os.environ:
+            if os.environ[variable] != "0":
+                return
+            break
+    sys.stderr.write(f"symtrain: wandb: {message}\n")
 
 
 def remove_run(run_dir: Path) -> None:
     """Remove a run that failed before it produced anything valid, with its wandb files."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb_dir = Path(wandb.run.dir).parent
@@ -167,10 +272,12 @@ def load_model(
         net = symtrain.load_model("runs/standardcnn-nosymmetry-shapes-s0-20260101-120000")
         logits = net(images)  # images: floats in [0, 1]
     """
+    from symtrain.checkpoints import read_checkpoint
     from symtrain.module import SymmetryModule
 
     checkpoint = find_checkpoint(path)
-    module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location)
+    read_checkpoint(checkpoint)  # a bad file ends in one line naming it, not deep in Lightning
+    module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)
     net = module.net.eval()
     if export and hasattr(net.backbone, "export"):
         net.backbone = net.backbone.export()

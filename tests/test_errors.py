@@ -52,6 +52,18 @@ MISTAKES = [
     (["--data", "ImageFolder", "--data.root", "{tmp}/nothing"], "is not a directory"),
     (["--trainer.default_root_dir", "{tmp}/a-file/runs"], "cannot write run directory"),
     (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+    (
+        ["--model.backbone", "EquivariantCNN", "--model.backbone.order", "0"],
+        "model.backbone.order=0: a C_N or D_N group needs N >= 1",
+    ),
+    (
+        ["--model.backbone", "AntialiasedCNN", "--model.backbone.downsample", "aps"]
+        + ["--model.symmetry", "Architectural", "--model.symmetry.families", "[CircularShift]"]
+        + ["--data.image_size", "30"],
+        "multiple of its total stride 8, not 30: resize the data (e.g. --data.image_size 24)",
+    ),
+    (["--ckpt_path", "{tmp}/missing.ckpt"], "missing.ckpt' does not exist: pass a .ckpt file or a run"),
+    (["--ckpt_path", "{tmp}/a-file"], "cannot read checkpoint"),
 ]
 
 

@@ -230,6 +230,16 @@ class AntialiasedCNN(_StagedCNN):
             return {"circular_shift": "exact", "shift": "approximate"}
         return {"shift": "approximate", "circular_shift": "approximate"}
 
+    def input_size_problem(self, image_size: int) -> str | None:
+        if self.declared_symmetries()["circular_shift"] != "exact" or image_size % self.total_stride == 0:
+            return None
+        fit = image_size - image_size % self.total_stride or self.total_stride
+        return (
+            f"{self.name} is exactly equivariant to circular shifts only on images whose side is a "
+            f"multiple of its total stride {self.total_stride}, not {image_size}: resize the data "
+            f"(e.g. --data.image_size {fit}) or use fewer stages (--model.backbone.depth)"
+        )
+
 
 def _check_args(
     depth: int, kernel_size: int, downsample: str, filter_size: int, padding_mode: str | None

@@ -41,6 +41,11 @@ class Backbone(nn.Module):
         """Families the globally pooled features are invariant to, and how exactly."""
         return {}
 
+    def input_size_problem(self, image_size: int) -> str | None:
+        """Why images of side ``image_size`` break an exact symmetry this backbone declares (a
+        one-line message naming the fix), or None when they do not."""
+        return None
+
     def layer_strides(self) -> dict[str, int]:
         """Named intermediate feature maps and their cumulative strides, for layer-wise
         equivariance measurements (none by default)."""

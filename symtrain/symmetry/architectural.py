@@ -35,7 +35,7 @@ class Architectural(SymmetryStrategy):
             )
         self.require_exact = require_exact
 
-    def check(self, backbone: Backbone) -> None:
+    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
         declared = backbone.declared_symmetries()
         accepted = {"exact"} if self.require_exact else {"exact", "approximate"}
         for family in self.families:
@@ -47,3 +47,5 @@ class Architectural(SymmetryStrategy):
                     f"(it declares: {have}): choose a backbone built for {family.name} or use the "
                     "Augmentation strategy (configs/symmetry/augment_*.yaml)"
                 )
+        if image_size is not None and (problem := backbone.input_size_problem(image_size)):
+            raise SymtrainError(problem)

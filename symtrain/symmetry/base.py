@@ -23,8 +23,9 @@ class SymmetryStrategy(nn.Module):
         super().__init__()
         self.families = list(families or [])
 
-    def check(self, backbone: Backbone) -> None:
-        """Raise :class:`~symtrain.errors.SymtrainError` if ``backbone`` cannot serve this strategy."""
+    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
+        """Raise :class:`~symtrain.errors.SymtrainError` if ``backbone`` cannot serve this strategy
+        (on images of side ``image_size``, when known)."""
 
     def augment(self, images: Tensor) -> Tensor:  # (B, C, H, W) floats in [0, 1]
         return images

@@ -1,0 +1,34 @@
+"""Callbacks that make a training process fail on purpose, at a chosen step, for the recovery
+tests (passed with ``--trainer.callbacks+=...``; ``tests/`` is put on ``PYTHONPATH``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class SignalAt(Callback):
+    """Sends ``signal_name`` to its own process once training has taken ``step`` steps."""
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
+        self.step = step
+        self.signal_name = signal_name
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class PoisonAt(Callback):
+    """Fills the first weight with NaN before training step ``step``: the loss is NaN from there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
