@@ -190,11 +190,30 @@ def test_the_same_config_and_seed_give_identical_metrics(
     assert summary_metrics(other_seed) != summary_metrics(first), "the seed must matter"
 
 
-def test_resuming_when_there_is_nothing_to_resume_starts_a_new_run(
+def test_resuming_finds_runs_by_their_config_and_refuses_a_checkpoint_that_does_not_fit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--run.test_after_fit=false"]
-    code, err = run_in_process(fit_args(tmp_path / "runs", *short, "--ckpt_path", "last"), capsys)
+    runs = tmp_path / "runs"
+    code, err = run_in_process(fit_args(runs, *short, "--ckpt_path", "last"), capsys)
     assert code == 0, err
     assert "to resume: starting a new run" in err
-    assert len(run_dirs(tmp_path / "runs")) == 1
+    (run_dir,) = run_dirs(runs)
+
+    # The same backbone name at another width: the newest such run is found, and refused.
+    code, err = run_in_process(
+        fit_args(runs, *short, "--ckpt_path", "last", "--model.backbone.width=8"), capsys
+    )
+    assert code == 2
+    assert f"checkpoint '{run_dir / 'checkpoints' / 'last.ckpt'}' was trained with backbone" in err
+    assert "StandardCNN(width=4) but this run builds StandardCNN(width=8)" in err
+    assert run_dirs(runs) == [run_dir] and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    # test --ckpt_path best: the best checkpoint of the newest matching fit, in a new test run.
+    test_args = ["test", "--config", QUICKSTART, *SMALL, f"--trainer.default_root_dir={runs}"]
+    code, err = run_in_process([*test_args, "--ckpt_path", "best"], capsys)
+    assert code == 0, err
+    (test_run,) = [path for path in run_dirs(runs) if path != run_dir]
+    assert "-test-" in test_run.name and (test_run / "summary.json").is_file()
+    code, err = run_in_process([*test_args, "--ckpt_path", "last", "--seed_everything=5"], capsys)
+    assert code == 2 and "no run 'standardcnn-nosymmetry-shapes-s5-*' with a checkpoint" in err
