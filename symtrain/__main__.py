@@ -12,6 +12,11 @@ def run() -> None:
         # processes a DDP launcher starts inherit it.
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    from symtrain.compare import COMMANDS, run_command
+
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+        run_command(sys.argv[1:])  # without importing Lightning's CLI: a report needs none of it
+        return
     from symtrain.cli import main
 
     main()

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,8 @@ class SymtrainCLI(LightningCLI):
             "strategy": type(self.model.symmetry).__name__,
             "dataset": self.datamodule.name,
             "seed": self._get(self.config, "seed_everything"),
+            "approach": self.run_options.approach
+            or f"{self.model.net.backbone.name} + {type(self.model.symmetry).__name__}",
         }
 
     def _loggers(self, run_dir: Path, options: RunOptions, names: dict[str, Any]) -> list[Logger]:
@@ -328,6 +331,7 @@ class SymtrainCLI(LightningCLI):
             "run_name": self.run_dir.name,
             **self._component_names(),
             "params": self.model.num_params,
+            "fit_seconds": getattr(self, "_fit_seconds", None),
             "metrics": to_jsonable(metrics),
             "curves": self._curves(),
             "checkpoints": checkpoints,
@@ -372,7 +376,11 @@ class SymtrainCLI(LightningCLI):
                 remove_run(self.run_dir)
             raise
 
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
     def after_fit(self) -> None:
+        self._fit_seconds = time.perf_counter() - self._fit_started
         metrics = dict(self.trainer.callback_metrics)
         if self.run_options.test_after_fit and not self.trainer.interrupted:
             best = self.trainer.checkpoint_callback.best_model_path
@@ -421,6 +429,12 @@ def user_error(error: BaseException | None) -> BaseException | None:
 
 def main(args: Any = None) -> None:
     """Entry point of ``python -m symtrain`` and the ``symtrain`` script."""
+    from symtrain.compare import COMMANDS, run_command
+
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv and argv[0] in COMMANDS:
+        run_command(argv)
+        return
     try:
         SymtrainCLI(args=args)
     except Exception as error:

@@ -38,6 +38,8 @@ class RunOptions:
 
     Args:
         name: run name (default: ``{backbone}-{strategy}-{dataset}-s{seed}-{time}``).
+        approach: label of the compared approach this run belongs to (set by ``compare``;
+            default ``{backbone} + {strategy}``), a flat key in wandb and summary.json.
         project: wandb project.
         group: wandb group, e.g. one comparison study.
         tags: extra wandb tags (backbone, strategy and dataset are always added).
@@ -47,6 +49,7 @@ class RunOptions:
     """
 
     name: str | None = None
+    approach: str | None = None
     project: str = "symtrain"
     group: str | None = None
     tags: list[str] = field(default_factory=list)

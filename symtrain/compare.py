@@ -1,0 +1,301 @@
+"""``python -m symtrain compare --config configs/compare/shapes.yaml`` and ``python -m symtrain report``.
+
+A study is a matrix of backbones x strategies x seeds over one data config. Each cell is an
+ordinary ``symtrain fit`` run with a fixed name under ``<root>/<study>/``, so the matrix is
+resumable (finished cells are skipped, an interrupted one continues from its last checkpoint)
+and each cell is one command that a cluster can run on its own (``--plan slurm`` writes a
+SLURM array job over the same cells). The report is built from the run directories alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from symtrain.errors import SymtrainError
+
+
+@dataclass
+class Study:
+    """A backbone x strategy x seed matrix over one data config.
+
+    Args:
+        name: the study: its runs go to ``<root>/<name>/``, its wandb group is ``name``.
+        base: config files every cell starts from (e.g. the quickstart and a data config).
+        backbones: label -> backbone config file (``configs/backbone/*.yaml``).
+        strategies: label -> strategy config file (``configs/symmetry/*.yaml``).
+        seeds: one run per seed in every cell.
+        args: extra ``fit`` flags for every cell (e.g. ``--trainer.max_epochs=3``).
+        exclude: cells to leave out, as ``backbone+strategy`` labels (e.g. ``cnn+architectural``:
+            a plain CNN declares no exact invariance).
+        root: directory holding the studies.
+    """
+
+    name: str
+    base: list[str]
+    backbones: dict[str, str]
+    strategies: dict[str, str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    args: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    root: str = "runs/compare"
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: str
+    strategy: str
+    seed: int
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.backbone}-{self.strategy}-s{self.seed}"
+
+    @property
+    def approach(self) -> str:
+        return f"{self.backbone} + {self.strategy}"
+
+
+def cells(study: Study) -> list[Cell]:
+    """The study's cells in run order: seed-major, so a first pass over all approaches comes first.
+
+    Examples:
+        >>> study = Study("s", [], {"cnn": "a.yaml", "c4": "b.yaml"}, {"none": "n.yaml", "arch": "r.yaml"},
+        ...               seeds=[0, 1], exclude=["cnn+arch"])
+        >>> [cell.run_name for cell in cells(study)]
+        ['cnn-none-s0', 'c4-none-s0', 'c4-arch-s0', 'cnn-none-s1', 'c4-none-s1', 'c4-arch-s1']
+    """
+    return [
+        Cell(backbone, strategy, seed)
+        for seed in study.seeds
+        for backbone in study.backbones
+        for strategy in study.strategies
+        if f"{backbone}+{strategy}" not in study.exclude
+    ]
+
+
+def study_dir(study: Study) -> Path:
+    return Path(study.root) / study.name
+
+
+def fit_command(study: Study, cell: Cell, python: str = sys.executable) -> list[str]:
+    """The ``symtrain fit`` command of one cell: the same locally and on a cluster. It resumes the
+    cell's run when one exists (``--ckpt_path last`` with the cell's run name)."""
+    configs = [*study.base, study.backbones[cell.backbone], study.strategies[cell.strategy]]
+    return [
+        python,
+        "-m",
+        "symtrain",
+        "fit",
+        *(arg for config in configs for arg in ("--config", config)),
+        *study.args,
+        f"--seed_everything={cell.seed}",
+        f"--trainer.default_root_dir={study_dir(study)}",
+        f"--run.name={cell.run_name}",
+        f"--run.group={study.name}",
+        f"--run.approach={cell.approach}",
+        "--ckpt_path=last",
+    ]
+
+
+def _check(study: Study) -> None:
+    labels = [*study.backbones, *study.strategies, study.name]
+    for label in labels:
+        if not label.replace("_", "").replace(".", "").isalnum():
+            raise SymtrainError(f"study label {label!r} may only use letters, digits, '_' and '.': rename it")
+    for config in [*study.base, *study.backbones.values(), *study.strategies.values()]:
+        if not Path(config).is_file():
+            raise SymtrainError(
+                f"config '{config}' does not exist: paths in a study are relative to where you run"
+            )
+    known = {f"{b}+{s}" for b in study.backbones for s in study.strategies}
+    if unknown := sorted(set(study.exclude) - known):
+        raise SymtrainError(
+            f"exclude names unknown cells {unknown}: use backbone+strategy labels, e.g. {min(known)}"
+        )
+    if not cells(study):
+        raise SymtrainError("the study has no cells: add backbones, strategies and seeds, or exclude fewer")
+
+
+def run_locally(study: Study) -> list[Path]:
+    """Run the unfinished cells one after the other; return every cell's run directory."""
+    todo = cells(study)
+    logs = study_dir(study) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for index, cell in enumerate(todo, 1):
+        run_dir = study_dir(study) / cell.run_name
+        head = f"[{index}/{len(todo)}] {cell.approach}, seed {cell.seed}"
+        if (run_dir / "summary.json").is_file():
+            print(f"{head}: finished before, skipped", flush=True)
+            continue
+        if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.ckpt")):
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
+        print(
+            f"{head}: {'resuming' if run_dir.is_dir() else 'training'} (log: {logs / cell.run_name}.log)",
+            flush=True,
+        )
+        started = time.perf_counter()
+        code = _run_cell(fit_command(study, cell), logs / f"{cell.run_name}.log")
+        if code != 0:
+            last = (logs / f"{cell.run_name}.log").read_text(errors="replace").strip().splitlines()[-1:]
+            if code == 2:  # a user mistake: every other cell would make it too
+                raise SymtrainError(
+                    f"cell {cell.run_name}: {last[0] if last else 'failed'}".replace("symtrain: error: ", "")
+                )
+            raise SymtrainError(
+                f"cell {cell.run_name} failed (exit code {code}): see {logs / cell.run_name}.log; "
+                "run compare again to resume it"
+            )
+        print(f"{head}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return [study_dir(study) / cell.run_name for cell in todo]
+
+
+def _run_cell(command: list[str], log: Path) -> int:
+    with log.open("a") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # A stopped study stops its cell the same way: the cell saves a checkpoint and exits.
+        forward = lambda number, frame: child.send_signal(number)  # noqa: E731
+        previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = child.wait()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    if code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGUSR1):
+        sys.stderr.write(f"symtrain: compare stopped; run it again to resume (log: {log})\n")
+        raise SystemExit(143)
+    return code
+
+
+def write_slurm_plan(study: Study) -> Path:
+    """``cells.txt`` (one ``fit`` command per line) and ``array.sbatch`` (one array task per cell,
+    requeued on pre-emption; each task resumes its cell)."""
+    directory = study_dir(study)
+    directory.mkdir(parents=True, exist_ok=True)
+    commands = [shlex.join(fit_command(study, cell, python="python")) for cell in cells(study)]
+    (directory / "cells.txt").write_text("\n".join(commands) + "\n")
+    script = directory / "array.sbatch"
+    script.write_text(
+        f"""#!/bin/bash
+# One array task per cell of study '{study.name}': sbatch {script}
+# Afterwards: python -m symtrain report {directory}/*/ --out {directory}/report
+#SBATCH --job-name=symtrain-{study.name}
+#SBATCH --array=0-{len(commands) - 1}
+#SBATCH --gpus=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=04:00:00
+#SBATCH --signal=SIGUSR1@90
+#SBATCH --requeue
+#SBATCH --output={directory}/logs/slurm-%A_%a.out
+set -euo pipefail
+cd "${{SLURM_SUBMIT_DIR}}"
+source .venv/bin/activate
+export PYTHONHASHSEED=0
+eval "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {directory}/cells.txt)"
+"""
+    )
+    (directory / "logs").mkdir(exist_ok=True)
+    return script
+
+
+def compare_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m symtrain compare", description=__doc__, exit_on_error=False)
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="a study file, e.g. configs/compare/shapes.yaml"
+    )
+    parser.add_class_arguments(Study, nested_key=None)
+    parser.add_argument(
+        "--plan",
+        type=Literal["local", "slurm"],
+        default="local",
+        help="local: run the cells here, then the report; slurm: write a SLURM array job over the cells",
+    )
+    return parser
+
+
+def report_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m symtrain report", exit_on_error=False)
+    parser.add_argument(
+        "run_dirs", type=list[str], nargs="+", help="run directories, or directories holding runs (a study)"
+    )
+    parser.add_argument(
+        "--out", type=str | None, default=None, help="output directory (default: <parent>/report)"
+    )
+    parser.add_argument("--title", type=str, default="symtrain comparison")
+    return parser
+
+
+def compare_main(args: list[str]) -> None:
+    parsed = _parse(compare_parser(), args)
+    plan = parsed.pop("plan")
+    parsed.pop("config", None)
+    study = Study(**parsed)
+    _check(study)
+    if plan == "slurm":
+        script = write_slurm_plan(study)
+        print(f"{len(cells(study))} cells: sbatch {script}")
+        return
+    run_dirs = run_locally(study)
+    build = _report_builder()
+    outputs = build(run_dirs, study_dir(study) / "report", title=f"symtrain comparison: {study.name}")
+    print(f"report: {outputs['html']}")
+
+
+def report_main(args: list[str]) -> None:
+    parsed = _parse(report_parser(), args)
+    run_dirs = [run for path in map(Path, parsed["run_dirs"]) for run in _runs_in(path)]
+    parents = {d.resolve().parent for d in run_dirs}
+    out = (
+        Path(parsed["out"])
+        if parsed["out"]
+        else (parents.pop() if len(parents) == 1 else Path(".")) / "report"
+    )
+    outputs = _report_builder()(run_dirs, out, title=parsed["title"])
+    print(f"report: {outputs['html']}")
+
+
+def _runs_in(path: Path) -> list[Path]:
+    """``path`` itself when it is a run directory; else the run directories inside it (a study
+    or a runs root), else ``path`` (for the report to name it as not a run)."""
+    if (path / "config.yaml").is_file() or not path.is_dir():
+        return [path]
+    runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
+    return runs or [path]
+
+
+def _report_builder():  # noqa: ANN202  (matplotlib and the models load only when a report is built)
+    from symtrain.report import build_report
+
+    return build_report
+
+
+def _parse(parser: ArgumentParser, args: list[str]) -> dict:
+    from jsonargparse import ArgumentError
+
+    try:
+        return parser.parse_args(args).as_dict()
+    except ArgumentError as error:
+        from symtrain.cli import one_line_error
+
+        raise SymtrainError(one_line_error(str(error))) from None
+
+
+COMMANDS = {"compare": compare_main, "report": report_main}
+
+
+def run_command(args: list[str]) -> None:
+    """Run ``compare`` or ``report`` (``args[0]``); a user mistake ends in one line and exit code 2."""
+    try:
+        COMMANDS[args[0]](args[1:])
+    except SymtrainError as error:
+        sys.stderr.write(f"symtrain: error: {error}\n")
+        raise SystemExit(2) from None

@@ -1,0 +1,130 @@
+"""``compare`` runs a backbone x strategy x seed matrix, resumes after an interruption, and reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from symtrain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def tiny_study(tmp_path: Path) -> Path:
+    study = {
+        "name": "tiny",
+        "base": [str(CONFIGS / "quickstart.yaml"), str(CONFIGS / "trainer" / "debug.yaml")],
+        "backbones": {
+            "cnn": str(CONFIGS / "backbone" / "cnn.yaml"),
+            "blur": str(CONFIGS / "backbone" / "antialiased_blur.yaml"),
+        },
+        "strategies": {
+            "none": str(CONFIGS / "symmetry" / "none.yaml"),
+            "augment": str(CONFIGS / "symmetry" / "augment_rotation.yaml"),
+        },
+        "seeds": [0],
+        "args": [
+            "--data.init_args.num_train=64",
+            "--data.init_args.num_val=32",
+            "--data.init_args.num_test=32",
+            "--model.backbone.init_args.width=4",
+            "--metrics.num_samples=16",
+            "--metrics.test_num_samples=16",
+            "--run.wandb=false",
+            "--run.quiet=true",
+        ],
+        "root": str(tmp_path / "studies"),
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+CELLS = ["cnn-none-s0", "cnn-augment-s0", "blur-none-s0", "blur-augment-s0"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_matrix_resumes_skipping_finished_cells_and_reports_every_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tiny_study(tmp_path)
+    directory = tmp_path / "studies" / "tiny"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "symtrain", "compare", "--config", str(study)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (directory / CELLS[0] / "summary.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # stop the study while a later cell trains
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err.decode()
+    assert b"run it again to resume" in err
+    assert not (directory / CELLS[-1] / "summary.json").exists()
+    finished_at = (directory / CELLS[0] / "summary.json").stat().st_mtime_ns
+
+    main(["compare", "--config", str(study)])
+    out = capsys.readouterr().out
+    assert "[1/4] cnn + none, seed 0: finished before, skipped" in out
+    assert (directory / CELLS[0] / "summary.json").stat().st_mtime_ns == finished_at
+    for cell in CELLS:
+        assert (directory / cell / "summary.json").is_file(), cell
+    html = (directory / "report" / "report.html").read_text()
+    markdown = (directory / "report" / "report.md").read_text()
+    for cell in CELLS:
+        assert cell in html and cell in markdown
+
+    main(["compare", "--config", str(study)])  # everything finished: nothing trains again
+    assert capsys.readouterr().out.count("finished before, skipped") == 4
+
+
+def test_the_slurm_plan_has_one_array_task_per_cell_with_the_local_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tiny_study(tmp_path)
+    main(["compare", "--config", str(study), "--plan", "slurm", "--exclude", "[blur+augment]"])
+    directory = tmp_path / "studies" / "tiny"
+    lines = (directory / "cells.txt").read_text().splitlines()
+    assert len(lines) == 3
+    assert all("-m symtrain fit" in line and "--ckpt_path=last" in line for line in lines)
+    assert [line.split("--run.name=")[1].split()[0] for line in lines] == CELLS[:3]
+    script = (directory / "array.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --requeue" in script
+    assert "3 cells: sbatch" in capsys.readouterr().out
+    assert not any(path.name.endswith("-s0") for path in directory.iterdir()), "nothing ran"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--exclude", "[cnn+nothing]"], "exclude names unknown cells ['cnn+nothing']"),
+        (["--backbones", "{cnn: missing.yaml}"], "config 'missing.yaml' does not exist"),
+        (["--seedz", "[1]"], "unrecognized arguments: --seedz"),
+        (["--plan", "cloud"], "plan: expected one of"),
+    ],
+)
+def test_study_mistakes_get_one_line(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", "--config", str(tiny_study(tmp_path)), *extra])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "studies").exists()
+
+
+def test_report_of_something_that_is_not_a_run_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and str(tmp_path) in err and len(err.strip().splitlines()) == 1, err
