@@ -160,19 +160,24 @@ def run_locally(study: Study) -> list[Path]:
 
 
 def _run_cell(command: list[str], log: Path) -> int:
+    stopped_by: list[int] = []
+
+    def forward(number: int, frame: object) -> None:
+        # A stopped study stops its cell the same way: the cell saves a checkpoint and exits.
+        stopped_by.append(number)
+        child.send_signal(number)
+
     with log.open("a") as output:
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        # A stopped study stops its cell the same way: the cell saves a checkpoint and exits.
-        forward = lambda number, frame: child.send_signal(number)  # noqa: E731
         previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = child.wait()
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-    if code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGUSR1):
+    if stopped_by:
         sys.stderr.write(f"symtrain: compare stopped; run it again to resume (log: {log})\n")
-        raise SystemExit(143)
+        raise SystemExit(128 + stopped_by[0])
     return code
 
 
@@ -225,7 +230,7 @@ def compare_parser() -> ArgumentParser:
 def report_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m symtrain report", exit_on_error=False)
     parser.add_argument(
-        "run_dirs", type=list[str], nargs="+", help="run directories, or directories holding runs (a study)"
+        "run_dirs", type=str, nargs="+", help="run directories, or directories holding runs (a study)"
     )
     parser.add_argument(
         "--out", type=str | None, default=None, help="output directory (default: <parent>/report)"

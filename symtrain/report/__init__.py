@@ -1,0 +1,80 @@
+"""The comparison report: every approach's accuracy and invariance side by side, from run
+directories alone (``python -m symtrain report RUN_DIR...``, or at the end of ``compare``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from symtrain.report import figures as plots
+from symtrain.report.collect import families, read_runs
+from symtrain.report.page import html_page, markdown
+
+
+def build_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    title: str = "symtrain comparison",
+    examples: int = 4,
+) -> dict[str, Path]:
+    """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png`` to ``out_dir``.
+
+    Args:
+        run_dirs: run directories; unfinished ones (no ``summary.json``) are listed, not shown.
+        out_dir: where the report goes.
+        title: the report's heading.
+        examples: test images in the example figure.
+
+    Returns:
+        The paths written: ``html``, ``markdown`` and ``figures_dir``.
+
+    Raises:
+        SymtrainError: if a path is not a run directory or no run has finished.
+    """
+    approaches, unfinished = read_runs(run_dirs)
+    measured = families(approaches)
+    out = Path(out_dir)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    notes = [f"not finished, left out: {', '.join(str(p) for p in unfinished)}"] if unfinished else []
+    candidates = [
+        (
+            "Test accuracy against rotation angle (mean ± std over seeds)",
+            plots.accuracy_curve(
+                approaches,
+                "test/rotation",
+                "angle",
+                "rotation angle (degrees)",
+                figures_dir / "accuracy_vs_angle.png",
+            ),
+        ),
+        (
+            "Test accuracy against shift (mean ± std over seeds)",
+            plots.accuracy_curve(
+                approaches,
+                "test/shift",
+                "pixels",
+                "shift (pixels, zero fill)",
+                figures_dir / "accuracy_vs_shift.png",
+            ),
+        ),
+        (
+            "Layer-wise equivariance error of each stage's feature map (log scale below 1e-3 is linear)",
+            plots.layerwise(approaches, measured, figures_dir / "layerwise.png"),
+        ),
+    ]
+    example_path, note = (
+        plots.examples(approaches, figures_dir / "examples.png", examples) if examples else (None, None)
+    )
+    candidates.append(
+        (
+            "Example test images under each view with each approach's prediction (green: right, red: wrong)",
+            example_path,
+        )
+    )
+    notes += [note] if note else []
+    shown = [(caption, path) for caption, path in candidates if path is not None]
+    (out / "report.md").write_text(markdown(title, approaches, measured, shown, notes))
+    (out / "report.html").write_text(html_page(title, approaches, measured, shown, notes))
+    return {"html": out / "report.html", "markdown": out / "report.md", "figures_dir": figures_dir}

@@ -1,0 +1,98 @@
+"""Reading finished runs back from their directories (``summary.json``), grouped by approach."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from symtrain.errors import SymtrainError
+
+
+@dataclass
+class Run:
+    """One finished run: where it is and what its ``summary.json`` says."""
+
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def approach(self) -> str:
+        return self.summary.get("approach") or f"{self.summary['backbone']} + {self.summary['strategy']}"
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.summary.get("metrics", {})
+
+
+@dataclass
+class Approach:
+    """The runs of one approach (one per seed)."""
+
+    name: str
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        found = [run.metrics.get(key, run.summary.get(key)) for run in self.runs]
+        return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], list[Path]]:
+    """Finished runs grouped by approach (in order of first appearance), and the unfinished
+    run directories (a config but no summary yet).
+
+    Raises:
+        SymtrainError: if a path is not a run directory, or no run has finished.
+    """
+    if not run_dirs:
+        raise SymtrainError("no run directories given: pass one or more, e.g. runs/compare/shapes")
+    approaches: dict[str, Approach] = {}
+    unfinished: list[Path] = []
+    for path in map(Path, run_dirs):
+        summary = path / "summary.json"
+        if summary.is_file():
+            run = Run(path, json.loads(summary.read_text()))
+            approaches.setdefault(run.approach, Approach(run.approach)).runs.append(run)
+        elif (path / "config.yaml").is_file():
+            unfinished.append(path)
+        else:
+            raise SymtrainError(
+                f"'{path}' is not a run directory (no summary.json or config.yaml): pass run directories"
+            )
+    if not approaches:
+        raise SymtrainError(
+            f"none of the {len(unfinished)} runs has finished (no summary.json): train them first"
+        )
+    return list(approaches.values()), unfinished
+
+
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value), or None without values.
+
+    Examples:
+        >>> mean_std([1.0, 3.0])
+        (2.0, 1.4142135623730951)
+        >>> mean_std([]) is None
+        True
+    """
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def families(approaches: list[Approach]) -> list[str]:
+    """The transformation families measured in any run, in a stable order."""
+    names = {
+        key.split("/")[2]
+        for approach in approaches
+        for run in approach.runs
+        for key in run.metrics
+        if key.startswith("test/equiv/")
+    }
+    preferred = ["rot90", "flip", "circular_shift", "shift", "rotation", "affine", "elastic"]
+    return [name for name in preferred if name in names] + sorted(names - set(preferred))
