@@ -102,6 +102,18 @@ def test_the_slurm_plan_has_one_array_task_per_cell_with_the_local_commands(
     assert not any(path.name.endswith("-s0") for path in directory.iterdir()), "nothing ran"
 
 
+@pytest.mark.parametrize("study", sorted((CONFIGS / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_plans_its_cells(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)  # a study's config paths are relative to the repository
+    main(["compare", "--config", str(study), "--plan", "slurm", "--root", str(tmp_path)])
+    (directory,) = tmp_path.iterdir()
+    lines = (directory / "cells.txt").read_text().splitlines()
+    assert f"{len(lines)} cells: sbatch" in capsys.readouterr().out and len(lines) >= 5
+    assert all(f"--run.group={directory.name}" in line for line in lines)
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
