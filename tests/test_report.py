@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from symtrain.cli import main
@@ -65,8 +66,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def not_blank(image: Image.Image) -> bool:
-    pixels = np.asarray(image.convert("L"), dtype=np.float32)
-    return pixels.std() > 10 and (pixels < 200).mean() > 0.02
+    """Drawn on, not just axes: empty labelled axes have grey contrast too, but no colour; every
+    figure has coloured lines or coloured predictions."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    colored = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
+    return pixels.mean(axis=2).std() > 10 and colored.mean() > 0.002
 
 
 def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[str, Path]) -> None:
@@ -92,6 +96,21 @@ def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[st
 def test_a_directory_that_is_not_a_run_is_named(tmp_path: Path) -> None:
     with pytest.raises(SymtrainError, match=f"'{tmp_path}' is not a run directory"):
         build_report([tmp_path], tmp_path / "report")
+    with pytest.raises(SymtrainError, match="no run directories given"):
+        build_report([], tmp_path / "report")
+
+
+def test_data_that_cannot_be_rebuilt_leaves_out_only_the_examples(
+    report: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "elsewhere"
+    shutil.copytree(report["root"] / "aps-s0", run, ignore=shutil.ignore_patterns("checkpoints"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = {"class_path": "symtrain.data.NotHere", "init_args": {}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    paths = build_report([run], tmp_path / "report")
+    assert not (paths["figures_dir"] / "examples.png").exists()
+    assert "examples left out: the data could not be rebuilt" in paths["html"].read_text()
 
 
 @pytest.mark.slow

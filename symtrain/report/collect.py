@@ -23,10 +23,12 @@ class Run:
 
     @property
     def approach(self) -> str:
+        """The comparison cell's label, or ``backbone + strategy`` for runs trained alone."""
         return self.summary.get("approach") or f"{self.summary['backbone']} + {self.summary['strategy']}"
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The final flat metrics (``test/acc``, ``test/equiv/rot90/acc``, ...)."""
         return self.summary.get("metrics", {})
 
 
@@ -38,6 +40,8 @@ class Approach:
     runs: list[Run] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
+        """The finite values of a metric (or a top-level summary number such as ``params``), one
+        per run that has it."""
         found = [run.metrics.get(key, run.summary.get(key)) for run in self.runs]
         return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 

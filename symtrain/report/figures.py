@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from symtrain.metrics.functional import disk_mask  # noqa: E402
 from symtrain.report.collect import Approach  # noqa: E402
+from symtrain.transforms import CircularShift, Rot90, Rotation, TransformFamily  # noqa: E402
 
 _STYLE = {
     "figure.dpi": 110,
@@ -33,9 +36,20 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: str, path: Path) -> Path | None:
     """Accuracy against the transformation's magnitude, one line per approach (mean ± std over
-    seeds as a band)."""
+    seeds as a band).
+
+    Args:
+        approaches: the approaches to draw.
+        curve: the key in ``summary.json``'s ``curves``, e.g. ``test/rotation``.
+        axis: the curve's x values' key (``angle`` or ``pixels``).
+        xlabel: the x axis' label, with its unit.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when no run recorded the curve.
+    """
     with plt.rc_context(_STYLE):
-        figure, ax = plt.subplots(figsize=(6.4, 4.0))
+        figure, ax = plt.subplots(figsize=(8.6, 4.0))
         drawn = False
         for approach in approaches:
             curves = [run.summary.get("curves", {}).get(curve) for run in approach.runs]
@@ -54,7 +68,10 @@ def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: st
             plt.close(figure)
             return None
         ax.set(xlabel=xlabel, ylabel="test accuracy (%)", ylim=(0, 101))
-        ax.legend(fontsize=8)
+        if axis == "angle":  # ticks at the multiples of 45°, where the exact symmetries sit
+            ax.xaxis.set_major_locator(plt.MultipleLocator(45))
+        # Beside the axes: inside, the legend hides the curves' dips.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
         return _save(figure, path)
 
 
@@ -70,7 +87,9 @@ def layerwise(approaches: list[Approach], families: list[str], path: Path) -> Pa
     if not with_layers:
         return None
     with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(1, len(with_layers), figsize=(4.2 * len(with_layers), 3.8), squeeze=False)
+        figure, axes = plt.subplots(
+            1, len(with_layers), figsize=(3.4 * len(with_layers) + 1.8, 3.4), squeeze=False
+        )
         for ax, family in zip(axes[0], with_layers, strict=True):
             prefix = f"test/equiv/{family}/layer/"
             # Every approach on one x axis, in network order: stages, then the invariant output.
@@ -93,23 +112,31 @@ def layerwise(approaches: list[Approach], families: list[str], path: Path) -> Pa
             ax.set(title=family, xlabel="feature map", ylabel="relative equivariance error")
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.set_ylim(bottom=0)
-        axes[0][0].legend(fontsize=8)
+        # One legend for all panels: an approach may lack layer values for some families.
+        handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+        beside = {"loc": "upper left", "bbox_to_anchor": (1.02, 1), "frameon": False}
+        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, **beside)
         return _save(figure, path)
 
 
-# (title, action on a float batch (B, C, H, W)) of the example figure's columns.
+def _act(family: TransformFamily, element: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The action of one element on a float batch (B, C, H, W), as the metrics apply it:
+    interpolated families on the disk-masked image."""
+    prepare = (lambda x: x) if family.exact else disk_mask
+
+    def view(images: torch.Tensor) -> torch.Tensor:
+        return prepare(family.apply(prepare(images), torch.tensor([element]).expand(len(images), -1)))
+
+    return view
+
+
+# (title, action) of the example figure's columns.
 _VIEWS = [
     ("upright", lambda x: x),
-    ("rotated 90°", lambda x: torch.rot90(x, 1, dims=(-2, -1))),
-    ("rotated 45°", lambda x: _rotate(x, 45.0)),
-    ("shifted 5 px (circular)", lambda x: torch.roll(x, shifts=(5, 5), dims=(-2, -1))),
+    ("rotated 90°", _act(Rot90(), [1.0])),
+    ("rotated 45° (disk)", _act(Rotation(), [45.0])),
+    ("shifted 5 px (circular)", _act(CircularShift(), [5.0, 5.0])),
 ]
-
-
-def _rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
-    from kornia.geometry.transform import rotate
-
-    return rotate(images, torch.full((len(images),), degrees))
 
 
 def _test_images(run_dir: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -124,7 +151,13 @@ def _test_images(run_dir: Path, count: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Path | None, str | None]:
-    """Test images under each view, with each approach's predicted class (green: right)."""
+    """Test images under each view, with each approach's predicted class (green: right).
+
+    Uses the first run of each approach and the first run's data, rebuilt from its config.
+
+    Returns:
+        (``path``, None), or (None, a note saying why the figure was left out).
+    """
     from symtrain.runs import load_model
 
     try:
@@ -134,7 +167,10 @@ def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Pa
     predictions = {}
     with torch.no_grad():
         for approach in approaches:
-            net = load_model(approach.runs[0].path)
+            try:
+                net = load_model(approach.runs[0].path)
+            except Exception as error:  # e.g. checkpoints deleted to save space: the tables still stand
+                return None, f"examples left out: {approach.runs[0].path} could not be loaded ({error})"
             predictions[approach.name] = [net(view(images)).argmax(1) for _, view in _VIEWS]
     with plt.rc_context({"figure.dpi": 110}):
         figure, axes = plt.subplots(
@@ -165,7 +201,7 @@ def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Pa
                         color="tab:green" if guess == int(label) else "tab:red",
                     )
         # Room on the right of each image for the predictions (tight_layout ignores the text).
-        figure.subplots_adjust(left=0.03, right=0.86, top=0.95, bottom=0.02, wspace=0.95, hspace=0.25)
+        figure.subplots_adjust(left=0.03, right=0.86, top=0.95, bottom=0.02, wspace=0.95, hspace=0.12)
         figure.savefig(path)
         plt.close(figure)
         return path, None

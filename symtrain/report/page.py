@@ -10,45 +10,73 @@ from pathlib import Path
 from symtrain.report.collect import Approach, mean_std
 
 DEFINITIONS = [
-    ("accuracy", "share of test images classified correctly, upright (the plain test split)."),
+    ("accuracy (upright)", "share of the test split classified correctly, as is."),
     (
         "accuracy under a family",
-        "accuracy on the test images after a random element of the family "
-        "(e.g. a rotation by a multiple of 90°) is applied to each image.",
+        "accuracy on a fixed subset of test images after each of the family's three fixed, seeded "
+        "test elements g (never the identity) is applied, averaged over images and elements.",
     ),
     (
         "invariance error",
-        "‖f(g·x) − f(x)‖ / ‖f(x)‖ on the logits, averaged over images and elements g: "
-        "0 for a model whose output does not change under the family.",
+        "‖f(g·x) − f(x)‖ / ‖f(x)‖ on the logits f, per image, averaged over images and the test "
+        "elements: 0 when the output does not change under the family, about 1 when the change is "
+        "as large as the output itself.",
     ),
-    ("consistency", "share of images whose predicted class is the same for x and g·x (higher is better)."),
+    (
+        "consistency",
+        "share of images whose predicted class agrees between consecutive views "
+        "(x, g₁·x, g₂·x, g₃·x), averaged over the pairs: 100% when no element changes the prediction.",
+    ),
     (
         "layer-wise equivariance error",
-        "‖Φ(g·x) − g·Φ(x)‖ / ‖Φ(x)‖ for each stage's feature map Φ, where g acts "
-        "on the map as the network declares (spatially, and on escnn's field types): 0 means that stage is "
-        "exactly equivariant.",
+        "‖Φ(g·x) − g·Φ(x)‖ / ‖Φ(x)‖ for each stage's feature map Φ, with an element g that acts "
+        "exactly on that stage's grid and as the backbone declares (a permutation of cells, and of "
+        "escnn's field channels); 'invariant' is escnn's group-pooled feature map. Only exact families "
+        "are measured; 0 means that stage is exactly equivariant.",
     ),
     (
         "error floor",
-        "the invariance error an exactly rot90-invariant reference shows under interpolated "
-        "rotations: the part of the error that comes from resampling the pixel grid, not from the model.",
+        "for interpolated rotations, the invariance error of the radial intensity profile (exactly "
+        "rotation-invariant in the continuum) under the same rotations: what resampling the pixel "
+        "grid alone costs, below which an error is not the model's fault.",
     ),
     (
         "families",
-        "rot90: rotations by multiples of 90° (exact on the grid); flip: horizontal/vertical flips; "
-        "circular_shift: integer shifts that wrap around (exact); shift: shifts with zero fill; "
-        "rotation: any angle (interpolated, inside a disk).",
+        "rot90: rotations by multiples of 90° (exact on the grid); flip: mirror images (exact); "
+        "circular_shift: integer shifts that wrap around (exact); shift: integer shifts with zero "
+        "fill (content leaves the frame); rotation: any angle, bilinear (interpolated); affine and "
+        "elastic: random warps. Non-exact families are measured on images masked to the inscribed "
+        "disk, so that the corners leaving the frame do not count.",
+    ),
+    (
+        "curves",
+        "accuracy against rotation angle: disk-masked test images rotated by each angle; accuracy "
+        "against shift: images shifted right by each number of pixels, zero fill.",
     ),
 ]
 
 
+def _scientific(value: float, digits: int) -> bool:
+    """Whether ``value`` would read as 0 with ``digits`` decimals (exact invariance shows as 1e-7).
+
+    Examples:
+        >>> _scientific(3.4e-07, 3), _scientific(0.0, 3), _scientific(0.25, 3)
+        (True, False, False)
+    """
+    return value != 0 and abs(value) < 10**-digits
+
+
 def _cell(approach: Approach, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """Mean ± std over the approach's seeds (the mean alone for one seed); blank where not measured.
+
+    The std is written like its mean, so that a column reads at one precision.
+    """
     stats = mean_std(approach.values(key))
     if stats is None:
         return ""
     mean, std = stats[0] * scale, stats[1] * scale
-    text = f"{mean:.{digits}f}" if abs(mean) >= 10**-digits or mean == 0 else f"{mean:.1e}"
-    return f"{text} ± {std:.{digits}f}" if len(approach.runs) > 1 else text
+    form = ".1e" if _scientific(mean, digits) else f".{digits}f"
+    return f"{mean:{form}} ± {std:{form}}" if len(approach.runs) > 1 else f"{mean:{form}}"
 
 
 def tables(approaches: list[Approach], families: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -63,17 +91,23 @@ def tables(approaches: list[Approach], families: list[str]) -> list[tuple[str, l
                 *n,
                 _cell(a, "test/acc", 100),
                 *(_cell(a, f"test/equiv/{f}/acc", 100) for f in families),
-                f"{int(a.values('params')[0]):,}",
+                f"{int(a.values('params')[0]):,}" if a.values("params") else "",
                 _cell(a, "fit_seconds", digits=0) or "n/a",
             ]
             for n, a in zip(names, approaches, strict=True)
         ],
     )
+    # Interpolated families also have the error floor that resampling alone causes.
+    floors = [f for f in families if any(a.values(f"test/equiv/{f}/error_floor") for a in approaches)]
     error = (
-        "Invariance error of the logits (relative; 0 = invariant)",
-        [*first, *families],
+        "Invariance error of the logits (relative; 0 = invariant) and the interpolation error floor",
+        [*first, *families, *(f"{f} floor" for f in floors)],
         [
-            [*n, *(_cell(a, f"test/equiv/{f}/invariance_error", digits=3) for f in families)]
+            [
+                *n,
+                *(_cell(a, f"test/equiv/{f}/invariance_error", digits=3) for f in families),
+                *(_cell(a, f"test/equiv/{f}/error_floor", digits=3) for f in floors),
+            ]
             for n, a in zip(names, approaches, strict=True)
         ],
     )
@@ -95,6 +129,7 @@ def markdown(
     figures: list[tuple[str, Path]],
     notes: list[str],
 ) -> str:
+    """The report as Markdown, with the figures linked from ``figures/``."""
     lines = [
         f"# {title}",
         "",
@@ -116,8 +151,10 @@ def markdown(
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
        line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; }
+table { border-collapse: collapse; margin: 0.5em 0 1.8em; font-size: 0.92em;
+        font-variant-numeric: tabular-nums; }
+caption { text-align: left; font-weight: 600; padding-bottom: 0.4em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f4f4f4; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
