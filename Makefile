@@ -24,31 +24,28 @@ bench: $(STAMP)
 
 install: $(STAMP)
 
-# escnn needs py3nj, which compiles Fortran: install gfortran when missing (as root), or say so.
+# $(call apt_tool,COMMANDS,PACKAGE,WHY): install PACKAGE with apt-get when none of COMMANDS is
+# found and make runs as root; otherwise stop with one line saying what to install.
+define apt_tool
+	@for tool in $(1); do command -v $$tool >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(2) ($(3))"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	else \
+	  echo "error: $(3): install $(2) (e.g. sudo apt-get install $(2)) and run make again" >&2; \
+	  exit 1; \
+	fi
+endef
+
 $(STAMP): pyproject.toml
-	@command -v gfortran >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing gfortran (needed to build py3nj for escnn)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran >/dev/null; \
-	  else \
-	    echo "error: escnn needs a Fortran compiler to build py3nj: install gfortran (e.g. sudo apt-get install gfortran) and run make again" >&2; \
-	    exit 1; \
-	  fi; }
+	$(call apt_tool,gfortran,gfortran,escnn needs a Fortran compiler to build py3nj)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The report test opens the HTML report in headless Chromium: install it when missing (as root).
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (the report test renders the HTML report headless)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "error: the report test needs Chromium: install it (e.g. sudo apt-get install chromium) and run make again" >&2; \
-	    exit 1; \
-	  fi; }
+	$(call apt_tool,chromium chromium-browser,chromium,the report test renders the HTML report in headless Chromium)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

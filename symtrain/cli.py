@@ -283,13 +283,15 @@ class SymtrainCLI(LightningCLI):
         self.config_init[self.subcommand]["ckpt_path"] = value
 
     def _component_names(self) -> dict[str, Any]:
-        return {
+        names = {
             "backbone": self.model.net.backbone.name,
             "strategy": type(self.model.symmetry).__name__,
             "dataset": self.datamodule.name,
             "seed": self._get(self.config, "seed_everything"),
-            "approach": self.run_options.approach
-            or f"{self.model.net.backbone.name} + {type(self.model.symmetry).__name__}",
+        }
+        return {
+            **names,
+            "approach": self.run_options.approach or f"{names['backbone']} + {names['strategy']}",
         }
 
     def _loggers(self, run_dir: Path, options: RunOptions, names: dict[str, Any]) -> list[Logger]:

@@ -74,11 +74,12 @@ def find_resumable_run(root: Path, name: str | None, prefix: str) -> Path | None
         ]
     else:
         candidates = []
-    resumable = [path for path in candidates if path.is_dir() and newest_checkpoint(path) is not None]
+    saved = {path: newest_checkpoint(path) for path in candidates if path.is_dir()}
     # The most recently saved; names (which end in the start time) break ties.
-    return max(
-        resumable, key=lambda path: (newest_checkpoint(path).stat().st_mtime_ns, path.name), default=None
-    )
+    resumable = [
+        (checkpoint.stat().st_mtime_ns, path.name, path) for path, checkpoint in saved.items() if checkpoint
+    ]
+    return max(resumable)[2] if resumable else None
 
 
 def run_of_checkpoint(path: Path) -> Path | None:

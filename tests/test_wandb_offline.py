@@ -44,6 +44,13 @@ def closed_port() -> int:
 
 
 @pytest.fixture
+def unreachable_login(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
+    """A wandb login whose server refuses connections (no network, in effect)."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
+
+
+@pytest.fixture
 def listening_port() -> Iterator[int]:
     """A local port that accepts connections (the kernel completes them: no thread needed)."""
     with socket.socket() as server:
@@ -66,12 +73,11 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return made
 
 
+@pytest.mark.usefixtures("unreachable_login")
 def test_online_with_an_unreachable_server_logs_offline_fast(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], closed_port: int
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
     start = time.monotonic()
     assert wandb_mode() == "offline"
     assert time.monotonic() - start < 5
@@ -84,11 +90,11 @@ def test_online_with_an_unreachable_server_logs_offline_fast(
     )
 
 
+@pytest.mark.usefixtures("unreachable_login")
 def test_the_message_names_the_directory_to_sync(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], closed_port: int, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # logged in, no WANDB_MODE: online is tried too
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
+    # logged in, no WANDB_MODE: online is tried too
     assert wandb_mode(str(tmp_path / "study")) == "offline"
     assert f"wandb sync {tmp_path / 'study' / 'wandb'}/offline-run-*\n" in capsys.readouterr().err
 
@@ -148,6 +154,7 @@ def test_without_mode_or_credentials_offline_silently_and_without_the_network(
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.usefixtures("unreachable_login")
 @pytest.mark.parametrize("requested", ["offline", "dryrun", "disabled"])
 def test_modes_without_the_network_pass_through_unchecked(
     monkeypatch: pytest.MonkeyPatch,
@@ -157,19 +164,16 @@ def test_modes_without_the_network_pass_through_unchecked(
     requested: str,
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", requested)
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
     assert wandb_mode() == requested
     assert connections == []
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.usefixtures("unreachable_login")
 def test_only_the_first_process_speaks(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], closed_port: int
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker: same answer, no second copy of the line
     assert wandb_mode() == "offline"
     assert capsys.readouterr().err == ""
