@@ -186,13 +186,21 @@ class SymtrainCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
         # Only here do model and data meet: a backbone's exact claims may depend on the image size.
         self.model.symmetry.check(self.model.net.backbone, self.datamodule.image_size)
+        if self.model.segmentation:
+            if not self.datamodule.has_masks:
+                raise SymtrainError(
+                    f"{type(self.datamodule).__name__} has no masks to segment: use SyntheticShapes "
+                    "or ImageFolder with --data.init_args.masks_root DIR, "
+                    "or drop configs/task/segmentation.yaml"
+                )
+            self.datamodule.with_masks = True
         trainer_config = self._get(self.config_init, "trainer", default={})
         options = self.run_options
         names = self._component_names()
         root = Path(trainer_config["default_root_dir"])
         resumed = self._resolve_ckpt_path(root, options, names)
         run_name = options.name or default_run_name(
-            names["backbone"], names["strategy"], names["dataset"], names["seed"], self.subcommand
+            names["backbone"], names["strategy"], self._run_dataset(names), names["seed"], self.subcommand
         )
         if resumed is not None:
             self.run_dir = resumed
@@ -243,7 +251,9 @@ class SymtrainCLI(LightningCLI):
             ckpt_path = "last"
         if ckpt_path is None or ckpt_path in ("hpc", "registry"):
             return None
-        fit_prefix = run_name_prefix(names["backbone"], names["strategy"], names["dataset"], names["seed"])
+        fit_prefix = run_name_prefix(
+            names["backbone"], names["strategy"], self._run_dataset(names), names["seed"]
+        )
         run_dir: Path | None = None
         if ckpt_path in ("last", "best"):
             name = options.name if self.subcommand == "fit" else None
@@ -291,8 +301,14 @@ class SymtrainCLI(LightningCLI):
         }
         return {
             **names,
+            "task": self.model.hparams.task,
             "approach": self.run_options.approach or f"{names['backbone']} + {names['strategy']}",
         }
+
+    @staticmethod
+    def _run_dataset(names: dict[str, Any]) -> str:
+        """The data part of run names: segmentation runs are named, and resumed, apart."""
+        return f"{names['dataset']}-seg" if names["task"] == "segmentation" else names["dataset"]
 
     def _loggers(self, run_dir: Path, options: RunOptions, names: dict[str, Any]) -> list[Logger]:
         # CSV first: Lightning takes the first logger's directory as trainer.log_dir, where
@@ -351,12 +367,12 @@ class SymtrainCLI(LightningCLI):
             if not isinstance(logger, WandbLogger):
                 continue
             for name, curve in self._curves().items():
-                axis = next(key for key in curve if key != "acc")
+                axis, score = curve  # e.g. angle and acc (classification) or miou (segmentation)
                 table = wandb.Table(
-                    columns=[axis, "acc"], data=[list(p) for p in zip(curve[axis], curve["acc"], strict=True)]
+                    columns=[axis, score], data=[list(p) for p in zip(curve[axis], curve[score], strict=True)]
                 )
-                title = f"{name}: accuracy vs {axis}"
-                logger.experiment.log({f"{name}/acc_curve": wandb.plot.line(table, axis, "acc", title=title)})
+                plot = wandb.plot.line(table, axis, score, title=f"{name}: {score} vs {axis}")
+                logger.experiment.log({f"{name}/{score}_curve": plot})
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

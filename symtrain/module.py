@@ -1,8 +1,10 @@
 """The LightningModule: a backbone, a symmetry strategy and a task head, composed.
 
-The trained network itself is :class:`SymmetryNet`, a plain ``nn.Module`` (normalisation,
-backbone, head) that maps images in [0, 1] to logits; :class:`SymmetryModule` adds what only
-training needs (the strategy, the loss, metrics and the optimiser).
+The trained network itself is a plain ``nn.Module`` that maps images in [0, 1] to logits:
+:class:`SymmetryNet` (normalisation, backbone, pooled classification head) for
+classification, :class:`SegmentationNet` (normalisation, the backbone as the encoder of a
+U-Net, its decoder) for segmentation. :class:`SymmetryModule` adds what only training needs
+(the strategy, the loss, metrics and the optimiser).
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from kornia.losses import dice_loss
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
+from symtrain.errors import SymtrainError
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
+
+Task = Literal["classification", "segmentation"]
 
 
 def _unsyncable_norms() -> tuple[type, ...]:
@@ -74,16 +80,41 @@ class SymmetryNet(nn.Module):
         return self.head(self.backbone(self.normalize(images)))
 
 
-class SymmetryModule(pl.LightningModule):
-    """A classifier composed from a backbone and a symmetry strategy.
+class SegmentationNet(nn.Module):
+    """The network alone: images in [0, 1] (B, C, H, W) -> per-pixel logits (B, num_classes, H, W).
 
-    Batches arrive as uint8 images; :meth:`on_after_batch_transfer` turns them into floats in
-    [0, 1] on the device and, while training, lets the strategy augment them there.
+    The backbone is the encoder of a U-Net and builds its own decoder
+    (:meth:`~symtrain.backbones.Backbone.decoder`), so the dense output keeps the backbone's
+    symmetry: an escnn C4 model's logits rotate exactly with the image.
+
+    Examples:
+        >>> net = SegmentationNet(Normalize([0.5], [0.5]), StandardCNN(1, width=4, depth=2), 3)
+        >>> net(torch.rand(2, 1, 16, 16)).shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, normalize: Normalize, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.decoder = backbone.decoder(num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.decoder(self.backbone.encode(self.normalize(images)))
+
+
+class SymmetryModule(pl.LightningModule):
+    """A classifier or segmenter composed from a backbone and a symmetry strategy.
+
+    Batches arrive as uint8 images (and, for segmentation, masks); :meth:`on_after_batch_transfer`
+    turns them into floats in [0, 1] on the device and, while training, lets the strategy
+    augment them there (masks with the same transformation).
 
     Args:
         backbone: the feature extractor class and its settings; it receives ``in_channels``.
         symmetry: how the model gets its symmetry (default: :class:`NoSymmetry`).
-        num_classes: number of classes (linked from the data by the CLI).
+        num_classes: number of classes (linked from the data by the CLI). A segmentation
+            predicts one more, the background, as class 0 (mask value k is class k - 1).
         in_channels: image channels (linked from the data by the CLI).
         mean: per-channel mean of the images in [0, 1] (linked from the data).
         std: per-channel standard deviation (linked from the data).
@@ -95,6 +126,10 @@ class SymmetryModule(pl.LightningModule):
             convolutions on GPUs with tensor cores, notably with mixed precision).
         compile: train and evaluate through ``torch.compile`` (plain and anti-aliased CNNs;
             escnn's Python-level field types break the graph, so it gains little there).
+        task: ``classification`` (logits per image, invariant) or ``segmentation`` (logits
+            per pixel, equivariant; the backbone's dense form).
+        dice_weight: segmentation loss = cross-entropy + ``dice_weight`` x Dice loss (kornia's,
+            averaged over classes); 0 is cross-entropy alone.
 
     Examples:
         >>> from functools import partial
@@ -117,6 +152,8 @@ class SymmetryModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        task: Task = "classification",
+        dice_weight: float = 0.0,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -124,7 +161,13 @@ class SymmetryModule(pl.LightningModule):
             # ignoring it would drop it from the config that rebuilds the model on loading.
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        self.net = SymmetryNet(Normalize(mean, std), backbone(in_channels), num_classes)
+        if dice_weight < 0:
+            raise SymtrainError(f"model.dice_weight={dice_weight} must be >= 0 (0: cross-entropy alone)")
+        segmentation = task == "segmentation"
+        # Segmentation adds the background class; its masks hold 0 there and label + 1 elsewhere.
+        self.num_outputs = num_classes + 1 if segmentation else num_classes
+        net = SegmentationNet if segmentation else SymmetryNet
+        self.net = net(Normalize(mean, std), backbone(in_channels), self.num_outputs)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
         self.symmetry.check(self.net.backbone)
         # Loss and accuracy accumulate on the device at every step and are logged once per
@@ -132,11 +175,18 @@ class SymmetryModule(pl.LightningModule):
         # (ModuleDict keys may not shadow nn.Module attributes such as ``train``.)
         stages = ("train", "val", "test")
         self.mean_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in stages})
+        # validate_args=False: the checks of the inputs' values sync with the host.
         self.accuracy = nn.ModuleDict(
             {
-                # validate_args=False: the checks of the inputs' values sync with the host.
-                f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+                f"{stage}_acc": MulticlassAccuracy(self.num_outputs, average="micro", validate_args=False)
                 for stage in stages
+            }
+        )
+        # Segmentation: pixel accuracy above, and the mean over classes of intersection over union.
+        self.miou = nn.ModuleDict(
+            {
+                f"{stage}_miou": MulticlassJaccardIndex(self.num_outputs, validate_args=False)
+                for stage in (stages if segmentation else ())
             }
         )
         if channels_last:
@@ -165,21 +215,38 @@ class SymmetryModule(pl.LightningModule):
                 f"not {', '.join(sorted(unsynced))}: their statistics stay per process"
             )
 
+    @property
+    def segmentation(self) -> bool:
+        return self.hparams.task == "segmentation"
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, labels, *masks = batch  # masks: (B, H, W) class indices, for segmentation only
         images = images.float().div_(255)  # uint8 (B, C, H, W) -> floats in [0, 1]
-        if self.trainer.training:
+        masks = [mask.long() for mask in masks]
+        if self.trainer.training and masks:
+            images, masks[0] = self.symmetry.augment(images, masks[0])
+        elif self.trainer.training:
             images = self.symmetry.augment(images)
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels
+        return images, labels, *masks
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        images, labels = batch
+    def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        images, labels, *masks = batch
+        if self.segmentation and not masks:
+            raise SymtrainError(
+                "segmentation needs masks but the batches have none: use data that has masks "
+                "(SyntheticShapes, or ImageFolder with masks_root)"
+            )
+        targets = masks[0] if self.segmentation else labels  # (B, H, W) or (B,)
         logits = (self.net if self._compiled is None else self._compiled)(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        if self.segmentation and self.hparams.dice_weight:
+            loss = loss + self.hparams.dice_weight * dice_loss(logits, targets, average="macro")
         self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
-        self.accuracy[f"{stage}_acc"].update(logits, labels)
+        self.accuracy[f"{stage}_acc"].update(logits, targets)
+        if self.segmentation:
+            self.miou[f"{stage}_miou"].update(logits.argmax(dim=1), targets)
         return loss
 
     def _log_epoch(self, stage: str) -> None:
@@ -190,6 +257,9 @@ class SymmetryModule(pl.LightningModule):
         self.log(f"{stage}/acc", accuracy.compute(), prog_bar=True)
         loss.reset()
         accuracy.reset()
+        if self.segmentation:
+            self.log(f"{stage}/miou", self.miou[f"{stage}_miou"].compute(), prog_bar=True)
+            self.miou[f"{stage}_miou"].reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -211,18 +281,20 @@ class SymmetryModule(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         # Backbones that can export themselves (escnn) predict through the plain-torch export:
-        # the same outputs without the field-type bookkeeping of every escnn layer.
-        if hasattr(self.net.backbone, "export"):
+        # the same outputs without the field-type bookkeeping of every escnn layer. (The export
+        # covers the classifier; a segmentation's escnn decoder predicts through escnn.)
+        if hasattr(self.net.backbone, "export") and not self.segmentation:
             exported = self.net.backbone.export().to(self.device)
             self.__dict__["_predictor"] = nn.Sequential(self.net.normalize, exported, self.net.head)
 
     def on_predict_end(self) -> None:
         self.__dict__.pop("_predictor", None)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        images, labels = batch
-        logits = self.__dict__.get("_predictor", self.net)(images)
-        return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels}
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        images, labels, *masks = batch
+        logits = self.__dict__.get("_predictor", self.net)(images)  # (B, K) or (B, K, H, W)
+        masks = {"masks": masks[0]} if masks else {}
+        return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels, **masks}
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(

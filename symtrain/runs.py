@@ -268,7 +268,9 @@ def load_model(
 
     Returns:
         The network in eval mode: a plain ``nn.Module`` mapping a float image batch in
-        [0, 1], shape (B, C, H, W), to logits (B, num_classes). Normalisation is inside.
+        [0, 1], shape (B, C, H, W), to logits (B, num_classes), or for a segmentation run to
+        per-pixel logits (B, num_classes + 1, H, W) with class 0 the background.
+        Normalisation is inside.
 
     Example::
 
@@ -282,6 +284,11 @@ def load_model(
     read_checkpoint(checkpoint)  # a bad file ends in one line naming it, not deep in Lightning
     module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)
     net = module.net.eval()
+    if export and module.segmentation:
+        raise SymtrainError(
+            f"export=True covers classification models, and '{path}' is a segmentation run: "
+            "load it without export (escnn then runs its decoder)"
+        )
     if export and hasattr(net.backbone, "export"):
         net.backbone = net.backbone.export()
     return net

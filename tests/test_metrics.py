@@ -49,9 +49,10 @@ def plain_net(backbone: Backbone) -> SymmetryNet:
 
 
 def measure(
-    net: nn.Module, split: Split, callback: EquivarianceMetrics, with_curves: bool = False
+    net: nn.Module, split: Split, callback: EquivarianceMetrics, with_curves: bool = False, **module: object
 ) -> dict[str, float]:
-    """Run the callback's measurement on one split, with just enough of a trainer and a module."""
+    """Run the callback's measurement on one split, with just enough of a trainer and a module
+    (``module`` adds attributes, e.g. ``segmentation=True``)."""
     trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=SimpleNamespace(splits={"test": split}))
     logged: dict[str, float] = {}
     module = SimpleNamespace(
@@ -61,6 +62,7 @@ def measure(
         eval=lambda: None,
         train=lambda mode: None,
         log=lambda name, value, **kwargs: logged.setdefault(name, value),
+        **module,
     )
     values = callback.measure(trainer, module, "test", with_curves=with_curves)
     assert {k: v for k, v in values.items() if "/curve/" not in k} == logged

@@ -11,6 +11,12 @@ one-pixel shift of the input can change the features a lot (aliasing). Two repai
   keep the one of largest norm. A circular shift of the input permutes the components and rolls
   their content, so the choice follows the shift: with circular padding throughout, the pooled
   features are exactly invariant to circular shifts.
+
+For segmentation the decoder upsamples to match: ``blur`` inserts zeros and blurs with the
+same binomial filter (which interpolates linearly); ``aps`` puts every sample back at the
+polyphase offset its downsampling kept, then blurs (APS-U, Chaman & Dokmanić 2021), which
+makes the per-pixel logits exactly equivariant to every circular shift, not only to
+multiples of the total stride.
 """
 
 from __future__ import annotations
@@ -117,6 +123,10 @@ class AdaptivePolyphaseSampling(nn.Module):
     """
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H // 2, W // 2)
+        return self.with_phase(x)[0]
+
+    def with_phase(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The subsampled map and, per sample, the component kept (``2 * row + col`` offset)."""
         batch, channels, height, width = x.shape
         x = x[..., : height // 2 * 2, : width // 2 * 2]
         grid = x.reshape(batch, channels, height // 2, 2, width // 2, 2)  # x[b, c, 2r + i, 2s + j]
@@ -127,7 +137,43 @@ class AdaptivePolyphaseSampling(nn.Module):
         norms = grid.square().sum(dim=(1, 2, 4), dtype=total).flatten(1)  # (B, 4), i-major
         chosen = norms.argmax(dim=1)  # (B,), the first maximum on ties
         phases = grid.permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, h, w)
-        return phases[torch.arange(batch, device=x.device), chosen // 2, chosen % 2]  # (B, C, h, w)
+        kept = phases[torch.arange(batch, device=x.device), chosen // 2, chosen % 2]  # (B, C, h, w)
+        return kept, chosen
+
+
+class PolyphaseUpsampling(nn.Module):
+    """Upsample by 2: each sample goes back to the polyphase offset it came from (offset 0
+    without one), zeros fill the other three, then a binomial blur interpolates them.
+
+    With the 3-tap filter [1, 2, 1] this is linear interpolation; placing samples at the
+    offset APS kept makes upsampling follow every circular shift of the input (APS-U).
+
+    Args:
+        padding_mode: how the blur pads the border.
+
+    Examples:
+        >>> up = PolyphaseUpsampling("circular")
+        >>> up(torch.tensor([[[[2.0, 4.0]]]]), torch.Size([1, 4]), None).flatten().tolist()
+        [2.0, 3.0, 4.0, 3.0]
+    """
+
+    def __init__(self, padding_mode: PaddingMode) -> None:
+        super().__init__()
+        self.blur = BinomialFilter(3, stride=1, padding_mode=padding_mode)
+
+    def forward(self, x: Tensor, size: torch.Size, phase: Tensor | None) -> Tensor:
+        batch, channels, height, width = x.shape  # -> (B, C, *size)
+        spread = x.new_zeros(batch, channels, 2 * height, 2 * width)
+        grid = spread.view(batch, channels, height, 2, width, 2)  # spread[b, c, 2r + i, 2s + j]
+        if phase is None:
+            grid[:, :, :, 0, :, 0] = x
+        else:
+            grid = grid.permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, h, w), a view
+            grid[torch.arange(batch, device=x.device), phase // 2, phase % 2] = x
+        # Three of four samples are zeros: the gain of 4 keeps the mean of the map.
+        up = 4 * self.blur(spread)[..., : size[0], : size[1]]
+        # An odd side lost its last row or column to APS: repeat the edge to restore it.
+        return F.pad(up, (0, size[1] - up.shape[-1], 0, size[0] - up.shape[-2]), mode="replicate")
 
 
 class AntialiasedCNN(_StagedCNN):
@@ -194,6 +240,13 @@ class AntialiasedCNN(_StagedCNN):
         self.filter_size = filter_size
         self.circular = downsample == "aps" if circular is None else circular
         self.padding_mode: PaddingMode = padding_mode or ("circular" if self.circular else "reflect")
+        self.dense_args = dict(
+            width=width,
+            depth=depth,
+            convs_per_stage=convs_per_stage,
+            kernel_size=kernel_size,
+            padding_mode="circular" if self.circular else "zeros",
+        )
         self.layers, self.out_channels = conv_stages(
             in_channels,
             width,
@@ -223,6 +276,17 @@ class AntialiasedCNN(_StagedCNN):
             )
         blur = [BinomialFilter(self.filter_size, 1, self.padding_mode)] if self.filter_size > 1 else []
         return nn.Sequential(DenseMaxPool(self.circular), *blur, AdaptivePolyphaseSampling())
+
+    def _downsample(self, layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.downsample != "aps":
+            return layer(x), None
+        *before, sampling = layer
+        for module in before:
+            x = module(x)
+        return sampling.with_phase(x)
+
+    def _upsampling(self) -> nn.Module:
+        return super()._upsampling() if self.downsample == "max" else PolyphaseUpsampling(self.padding_mode)
 
     def declared_symmetries(self) -> dict[str, Exactness]:
         wraps = self.circular and (self.padding_mode == "circular" or self.filter_size == 1)

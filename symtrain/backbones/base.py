@@ -1,19 +1,40 @@
 """The backbone contract every feature extractor honours.
 
 A backbone maps a normalised image batch (B, C_in, H, W) to a feature map
-(B, out_channels, h, w). The task head pools or upsamples it. Each backbone declares which
-transformation families (by :attr:`symtrain.transforms.TransformFamily.name`) its *pooled*
-features are invariant to, exactly (by construction) or approximately, so strategies and
-metrics can check claims against measurements.
+(B, out_channels, h, w), which the classification head pools. For segmentation the same
+backbone is the encoder of a U-Net: :meth:`Backbone.encode` returns the feature map of every
+resolution and :meth:`Backbone.decoder` builds the matching decoder, which upsamples back to
+per-pixel logits. Each backbone declares which transformation families (by
+:attr:`symtrain.transforms.TransformFamily.name`) its *pooled* features are invariant to, and
+so its dense outputs equivariant to, exactly (by construction) or approximately, so strategies
+and metrics can check claims against measurements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from symtrain.errors import SymtrainError
 from symtrain.transforms import Exactness, TransformFamily
+
+
+class Pyramid(NamedTuple):
+    """What a U-Net decoder needs from its encoder.
+
+    Attributes:
+        skips: each stage's features just before its downsampling, finest first; stage ``i``
+            has stride ``2**i``.
+        bottom: the last stage's downsampled features, stride ``2**depth``.
+        phases: per downsampling, the (B,) index of the polyphase component it kept
+            (``2 * row + col`` offset), or None where it always keeps the same one.
+    """
+
+    skips: list[Tensor]
+    bottom: Tensor
+    phases: list[Tensor | None]
 
 
 class Backbone(nn.Module):
@@ -38,8 +59,18 @@ class Backbone(nn.Module):
         return type(self).__name__
 
     def declared_symmetries(self) -> dict[str, Exactness]:
-        """Families the globally pooled features are invariant to, and how exactly."""
+        """Families the globally pooled features are invariant to, and how exactly. The dense
+        form (:meth:`decoder`) is equivariant to the same families, as exactly."""
         return {}
+
+    def encode(self, images: Tensor) -> Pyramid:
+        """The features of every resolution, for a segmentation decoder."""
+        raise SymtrainError(f"{self.name} has no dense form: choose a backbone that segments")
+
+    def decoder(self, num_classes: int) -> nn.Module:
+        """A decoder mapping :meth:`encode`'s pyramid to logits (B, num_classes, H, W) at the
+        input's resolution."""
+        raise SymtrainError(f"{self.name} has no dense form: choose a backbone that segments")
 
     def input_size_problem(self, image_size: int) -> str | None:
         """Why images of side ``image_size`` break an exact symmetry this backbone declares (a

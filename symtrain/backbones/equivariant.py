@@ -23,7 +23,7 @@ from kornia.filters import filter2d
 from torch import Tensor, nn
 
 from symtrain._lazy import lazy_module
-from symtrain.backbones.base import Backbone
+from symtrain.backbones.base import Backbone, Pyramid
 from symtrain.errors import SymtrainError
 from symtrain.metrics.functional import disk_mask
 from symtrain.transforms import Exactness, TransformFamily
@@ -133,7 +133,102 @@ def _drop_cached_filters(state: dict[str, Any], prefix: str) -> None:
         del state[key]
 
 
-class EquivariantCNN(Backbone):
+class _EscnnFilters(nn.Module):
+    """Holds escnn convolutions whose filter cache stays out of state dicts.
+
+    escnn caches expanded filters as buffers in eval mode only, so a state dict's keys would
+    depend on the mode it was saved in. The cache is kept out of state dicts (non-persistent),
+    dropped from incoming ones, and rebuilt from newly loaded weights.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._cache_is_not_state())
+        self._register_load_state_dict_pre_hook(self._before_load)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
+
+    def train(self, mode: bool = True) -> _EscnnFilters:
+        # escnn expands and caches the filters when switching to eval mode; without no_grad the
+        # cache would hold an autograd graph (memory, and deepcopy refuses non-leaf tensors).
+        with torch.no_grad():
+            return super().train(mode)
+
+    def _before_load(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        _drop_cached_filters(state, prefix)
+        self._cache_is_not_state()
+
+    def _cache_is_not_state(self) -> None:
+        for module in self.modules():
+            if isinstance(module, enn.R2Conv):
+                module._non_persistent_buffers_set.update({"filter", "expanded_bias"})
+
+    def _refresh_filters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, enn.R2Conv) and not module.training:
+                module.train(True)
+                with torch.no_grad():
+                    module.train(False)
+
+
+def symmetric_upsample(features: Tensor, size: int) -> Tensor:
+    """Undo :func:`symmetric_blur_pool`'s halving: bilinear interpolation back to side ``size``
+    on the same symmetric grid, so it commutes with rot90 and flips as the pooling does.
+
+    escnn's ``R2Upsampling`` fixes its scale when the model is built, but which grid a map of
+    side S came from (2S, block centres, or 2S - 1, kept pixels) depends on the input size;
+    interpolation acts on every channel alike, so it commutes with any field representation.
+
+    Args:
+        features: (B, C, S, S) feature map.
+        size: the side before pooling, 2S or 2S - 1.
+
+    Returns:
+        (B, C, size, size).
+
+    Examples:
+        >>> x = torch.rand(1, 2, 5, 5)
+        >>> up = symmetric_upsample(x, 9)
+        >>> torch.equal(up[..., ::2, ::2], x)  # the kept pixels come back unchanged
+        True
+        >>> rotated = symmetric_upsample(x.rot90(1, (-2, -1)), 10)
+        >>> torch.allclose(rotated, symmetric_upsample(x, 10).rot90(1, (-2, -1)))
+        True
+    """
+    side = features.shape[-1]
+    if size == 2 * side:  # block centres 0.5, 2.5, ...: align_corners=False maps them there
+        return F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
+    # pixels 0, 2, ..., size - 1 were kept: align_corners=True maps them back in place
+    return F.interpolate(features, size=(size, size), mode="bilinear", align_corners=True)
+
+
+class EquivariantDecoder(_EscnnFilters):
+    """The decoder of an equivariant U-Net: per stage, deepest first, upsample on the pooling's
+    symmetric grid, concatenate the skip's fields, apply the stage's equivariant blocks; then a
+    1x1 convolution to scalar (trivial) fields, so the logits of every pixel move with the
+    image and nothing else changes.
+
+    Built by :meth:`EquivariantCNN.decoder`.
+    """
+
+    def __init__(self, stages: list[list[enn.EquivariantModule]], classifier: enn.R2Conv) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(nn.ModuleList(stage) for stage in stages)
+        self.classifier = classifier
+
+    def forward(self, pyramid: Pyramid) -> Tensor:  # -> (B, num_classes, H, W)
+        x = pyramid.bottom
+        depth = len(pyramid.skips)
+        for index, stage in enumerate(self.stages):
+            skip = pyramid.skips[depth - 1 - index]
+            up = symmetric_upsample(x, skip.shape[-1])
+            features = enn.GeometricTensor(torch.cat([up, skip], dim=1), stage[0].in_type)
+            for layer in stage:
+                features = layer(features)
+            x = features.tensor
+        return self.classifier(enn.GeometricTensor(x, self.classifier.in_type)).tensor
+
+
+class EquivariantCNN(_EscnnFilters, Backbone):
     """An escnn CNN equivariant to C_N, D_N, SO(2) or O(2), with invariant output features.
 
     Topology mirrors :class:`~symtrain.backbones.StandardCNN`: ``depth`` stages of
@@ -201,6 +296,13 @@ class EquivariantCNN(Backbone):
                 f"and a stage in 1..{depth - 1}"
             )
         self.group, self.order, self.grid_size = group, order, grid_size
+        self.dense_args = dict(
+            width=width,
+            convs_per_stage=convs_per_stage,
+            kernel_size=kernel_size,
+            width_rule=width_rule,
+            max_frequency=max_frequency,
+        )
         self.restrict_from_stage = restrict_from_stage
         self.mask = DiskMask() if disk_mask else nn.Identity()
         self._representations: dict[tuple, Tensor] = {}
@@ -230,12 +332,6 @@ class EquivariantCNN(Backbone):
         # (Lightning's sync_batchnorm) re-adds every child, which SequentialModule refuses.
         self.layers = nn.ModuleList(layers)
         self.out_channels = layers[-1].out_type.size
-        # escnn caches expanded filters as buffers in eval mode only, so a state dict's keys
-        # would depend on the mode it was saved in. The cache is kept out of state dicts
-        # (non-persistent), dropped from incoming ones, and rebuilt from newly loaded weights.
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._cache_is_not_state())
-        self._register_load_state_dict_pre_hook(self._before_load)
-        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
 
     def _gspace(self, group: Group) -> gspaces.GSpace2D:
         if group == "C":
@@ -281,28 +377,6 @@ class EquivariantCNN(Backbone):
         per_field = field_size if width_rule == "channels" else math.sqrt(field_size)
         return max(1, round(channels / per_field))
 
-    def train(self, mode: bool = True) -> EquivariantCNN:
-        # escnn expands and caches the filters when switching to eval mode; without no_grad the
-        # cache would hold an autograd graph (memory, and deepcopy refuses non-leaf tensors).
-        with torch.no_grad():
-            return super().train(mode)
-
-    def _before_load(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
-        _drop_cached_filters(state, prefix)
-        self._cache_is_not_state()
-
-    def _cache_is_not_state(self) -> None:
-        for module in self.modules():
-            if isinstance(module, enn.R2Conv):
-                module._non_persistent_buffers_set.update({"filter", "expanded_bias"})
-
-    def _refresh_filters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, enn.R2Conv) and not module.training:
-                module.train(True)
-                with torch.no_grad():
-                    module.train(False)
-
     def forward(self, images: Tensor) -> Tensor:  # (B, C, H, W) -> (B, out_channels, h, w)
         if images.shape[-1] != images.shape[-2]:
             raise SymtrainError(
@@ -313,6 +387,46 @@ class EquivariantCNN(Backbone):
         for layer in self.layers:
             features = layer(features)
         return features.tensor
+
+    def encode(self, images: Tensor) -> Pyramid:
+        features, skips = enn.GeometricTensor(self.mask(images), self.in_type), []
+        for layer in self.layers.children():
+            if isinstance(layer, (enn.GroupPooling, enn.NormPool)):
+                break  # the invariant map: a segmentation needs the fields themselves
+            if isinstance(layer, escnn_pool.SymmetricBlurPool):
+                skips.append(features.tensor)
+            features = layer(features)
+        return Pyramid(skips, features.tensor, [None] * len(skips))
+
+    def decoder(self, num_classes: int) -> nn.Module:
+        """An :class:`EquivariantDecoder` mirroring the stages, with the same width rule."""
+        if self.restrict_from_stage is not None:
+            raise SymtrainError(
+                "restrict_from_stage has no dense form: a decoder would join fields of two groups; "
+                "drop model.backbone.restrict_from_stage for segmentation"
+            )
+        pools = [layer for layer in self.layers.children() if isinstance(layer, escnn_pool.SymmetricBlurPool)]
+        args = self.dense_args
+        field_type = pools[-1].out_type
+        gspace = field_type.gspace
+        stages = []
+        for stage in reversed(range(len(pools))):
+            field_type = field_type + pools[stage].in_type  # upsampled fields, then the skip's
+            layers: list[enn.EquivariantModule] = []
+            for _ in range(args["convs_per_stage"]):
+                block = self._block(
+                    gspace,
+                    field_type,
+                    args["width"] * 2**stage,
+                    args["kernel_size"],
+                    args["width_rule"],
+                    args["max_frequency"],
+                )
+                layers.extend(block)
+                field_type = block[-1].out_type
+            stages.append(layers)
+        scalars = enn.FieldType(gspace, num_classes * [gspace.trivial_repr])
+        return EquivariantDecoder(stages, enn.R2Conv(field_type, scalars, kernel_size=1))
 
     def layer_strides(self) -> dict[str, int]:
         pools = sum(isinstance(layer, escnn_pool.SymmetricBlurPool) for layer in self.layers.children())

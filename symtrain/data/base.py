@@ -46,27 +46,35 @@ class Split:
 
 
 class SplitDataset(Dataset):
-    """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label).
+    """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label), and the
+    mask (H, W) too when ``with_masks``.
 
     The DataLoader fetches a whole batch with one indexing operation (``__getitems__``)
     instead of indexing and stacking sample by sample.
     """
 
-    def __init__(self, split: Split) -> None:
+    def __init__(self, split: Split, with_masks: bool = False) -> None:
         self.split = split
+        self.with_masks = with_masks
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split.images[index], self.split.labels[index]
+    def _take(self, index: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        split = self.split
+        if self.with_masks:
+            return split.images[index], split.labels[index], split.masks[index]
+        return split.images[index], split.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.split.labels.device)
-        return self.split.images[index], self.split.labels[index]  # (B, C, H, W), (B,)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return self._take(index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        # (B, C, H, W), (B,) [, (B, H, W)]
+        return self._take(torch.as_tensor(indices, device=self.split.labels.device))
 
 
-def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The collate function of batches that :meth:`SplitDataset.__getitems__` already made."""
     return batch
 
@@ -93,6 +101,10 @@ class ImageDataModule(pl.LightningDataModule):
     """
 
     name: str = "data"
+    # Whether :meth:`load_splits` gives per-pixel masks (for segmentation), and whether the
+    # loaders deliver them: the CLI turns ``with_masks`` on for a segmentation model.
+    has_masks: bool = False
+    with_masks: bool = False
     num_classes: int
     in_channels: int
     image_size: int
@@ -137,7 +149,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits = splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = SplitDataset(self.splits[split])
+        dataset = SplitDataset(self.splits[split], with_masks=self.with_masks)
         sampler = None
         if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning's default DistributedSampler pads the last shard with repeated samples,

@@ -1,4 +1,5 @@
-"""The user's own images, one directory per class, loaded into memory as uint8 tensors."""
+"""The user's own images, one directory per class, loaded into memory as uint8 tensors, with
+optional per-pixel masks for segmentation."""
 
 from __future__ import annotations
 
@@ -47,8 +48,14 @@ class ImageFolder(ImageDataModule):
     channel because the CLI links them into the model before any image is read; that keeps
     inputs roughly centred with unit scale for typical photographs.
 
+    For segmentation, ``masks_root`` mirrors the tree: the mask of ``root/train/cat/a.jpg`` is
+    ``masks_root/train/cat/a.png``, a single-channel (grayscale or palette) PNG of the image's
+    size whose pixel values are class indices: 0 for background, k for the k-th class of
+    :attr:`class_names` (counting from 1).
+
     Args:
         root: directory holding ``train``, ``test`` and optionally ``val``.
+        masks_root: directory of the masks (above); None for classification only.
         channels: 1 (grayscale) or 3 (RGB); every image is converted to it. By default
             grayscale when the first training image is, else RGB.
         batch_size: samples per batch.
@@ -80,6 +87,7 @@ class ImageFolder(ImageDataModule):
     def __init__(
         self,
         root: str,
+        masks_root: str | None = None,
         channels: int | None = None,
         batch_size: int = 128,
         val_fraction: float = 0.1,
@@ -89,6 +97,13 @@ class ImageFolder(ImageDataModule):
     ) -> None:
         super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
         self.root = root
+        self.masks_root = masks_root
+        self.has_masks = masks_root is not None
+        if masks_root is not None and not Path(masks_root).is_dir():
+            raise SymtrainError(
+                f"data.masks_root {masks_root!r} is not a directory: pass the directory whose "
+                f"train/<class>/<name>.png masks mirror the images"
+            )
         base = Path(root)
         if not base.is_dir():
             raise SymtrainError(
@@ -168,6 +183,33 @@ class ImageFolder(ImageDataModule):
             return tensor.unsqueeze(0)  # (1, H, W)
         return tensor.permute(2, 0, 1)  # (C, H, W)
 
+    def _read_mask(self, image_path: Path, split: str) -> torch.Tensor:
+        """The mask of one image as int64 (H, W) class indices."""
+        path = Path(self.masks_root) / split / image_path.parent.name / f"{image_path.stem}.png"
+        if not path.is_file():
+            raise SymtrainError(
+                f"mask {str(path)!r} of image {str(image_path)!r} does not exist: every image needs "
+                f"a PNG mask under data.masks_root with the same relative path"
+            )
+        try:
+            with Image.open(path) as image:
+                pixels = np.array(image)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise _unreadable(path, error) from error
+        expected = (self.image_size, self.image_size)
+        if pixels.ndim != 2 or pixels.shape != expected:
+            raise SymtrainError(
+                f"mask {str(path)!r} has shape {pixels.shape}: masks must be single-channel "
+                f"{expected[0]}x{expected[1]} PNGs of class indices, like their images"
+            )
+        if pixels.max() > self.num_classes:
+            raise SymtrainError(
+                f"mask {str(path)!r} holds value {int(pixels.max())} but there are "
+                f"{self.num_classes} classes: use 0 for background and 1..{self.num_classes} "
+                f"for {', '.join(self.class_names)}"
+            )
+        return torch.from_numpy(pixels.astype(np.int64))
+
     def _load_split(self, split: str) -> Split:
         files: list[tuple[Path, int]] = []
         split_dir = Path(self.root) / split
@@ -185,7 +227,10 @@ class ImageFolder(ImageDataModule):
         for index, (path, _) in enumerate(files):
             images[index] = self._read_image(path)
         labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        return Split(images, labels)
+        if self.masks_root is None:
+            return Split(images, labels)
+        masks = torch.stack([self._read_mask(path, split) for path, _ in files])  # (N, H, W)
+        return Split(images, labels, masks)
 
     def load_splits(self) -> dict[str, Split]:
         splits = {split: self._load_split(split) for split in ("train", "test")}

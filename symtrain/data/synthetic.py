@@ -282,6 +282,7 @@ class SyntheticShapes(ImageDataModule):
     """
 
     name = "shapes"
+    has_masks = True
 
     def __init__(
         self,

@@ -16,6 +16,16 @@ elements, and logs under ``{val,test}/equiv/{family}/{measure}``:
 At test it also records accuracy against rotation angle and against shift, which the CLI puts
 in ``summary.json`` and wandb (a table and a line plot).
 
+A segmentation model's per-pixel logits should move with the image (equivariance), so for it
+the measures are:
+
+- ``equivariance_error``: ||f(g x) - g f(x)|| / ||f(x)||, on the region both views see;
+- ``consistency``: share of pixels whose predicted class agrees between f(g x) and g f(x)
+  (undoing the transformation, as mASSC does), on that region;
+- ``miou`` and ``acc``: mean intersection over union and pixel accuracy of f(g x) against the
+  moved masks g y; the curves are mIoU against angle and shift;
+- ``error_floor``: the error of an isotropic gaussian blur, exactly rotation-equivariant.
+
 Values are torchmetrics states, so they are reduced correctly across processes.
 """
 
@@ -27,14 +37,27 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassJaccardIndex
 
-from symtrain.metrics.functional import agreement, disk_mask, radial_profile, relative_error
+from symtrain.metrics.functional import (
+    agreement,
+    disk_mask,
+    isotropic_blur,
+    radial_profile,
+    relative_error,
+    transform_masks,
+    visible_region,
+)
 from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
 
 # Functions exactly invariant to a family in the continuum: their measured error under the
 # pixel-grid action is what interpolation alone costs.
 _INVARIANT_REFERENCES = {"rotation": radial_profile}
+# The same for equivariance: maps that commute with the family in the continuum.
+_EQUIVARIANT_REFERENCES = {"rotation": isotropic_blur}
+# Mask value of pixels that mIoU leaves out (outside the region both views see).
+_IGNORE = -1
 
 
 class _Shared:
@@ -112,13 +135,16 @@ class EquivarianceMetrics(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.measure(trainer, pl_module, "test", with_curves=True)
 
-    def _subset(self, trainer: pl.Trainer, stage: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _subset(
+        self, trainer: pl.Trainer, stage: str, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         split = trainer.datamodule.splits[stage]
         count = min(self.test_num_samples if stage == "test" else self.num_samples, len(split))
         # Each process measures its own share of the same fixed subset.
         index = torch.arange(trainer.global_rank, count, trainer.world_size)
         images = split.images[index].to(device).float().div_(255)  # (N, C, H, W) in [0, 1]
-        return images, split.labels[index].to(device)
+        masks = None if split.masks is None else split.masks[index].to(device).long()  # (N, H, W)
+        return images, split.labels[index].to(device), masks
 
     def measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, with_curves: bool = False
@@ -126,29 +152,68 @@ class EquivarianceMetrics(pl.Callback):
         """Measure every family on ``stage``'s subset, log the values and return them."""
         was_training = pl_module.training
         pl_module.eval()
-        images, labels = self._subset(trainer, stage, pl_module.device)
-        means: dict[str, MeanMetric] = {}
+        images, labels, masks = self._subset(trainer, stage, pl_module.device)
+        segmentation = getattr(pl_module, "segmentation", False)
+        num_outputs = getattr(pl_module, "num_outputs", 0)
+        metrics: dict[str, Metric] = {}
 
         def add(name: str, values: Tensor) -> None:
-            means.setdefault(name, MeanMetric().to(pl_module.device)).update(values)
+            metrics.setdefault(name, MeanMetric().to(pl_module.device)).update(values)
+
+        def add_iou(name: str, predictions: Tensor, targets: Tensor) -> None:
+            if name not in metrics:
+                iou = MulticlassJaccardIndex(num_outputs, ignore_index=_IGNORE, validate_args=False)
+                metrics[name] = iou.to(pl_module.device)
+            metrics[name].update(predictions, targets)
 
         net = pl_module.net
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
-                x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
-                shared = _Shared(net, x)
-                for family in self.families:
-                    self._measure_family(net, family, shared, y, f"{stage}/equiv/{family.name}", add)
-                if with_curves:
-                    self._measure_curves(net, x, y, stage, add)
-        values = {name: metric.compute().item() for name, metric in means.items()}
+                batch = slice(start, start + self.batch_size)
+                targets = masks[batch] if segmentation else labels[batch]  # (B, H, W) or (B,)
+                x = images[batch]
+                self._measure_batch(net, x, targets, stage, with_curves, num_outputs, add, add_iou)
+        values = {name: metric.compute().item() for name, metric in metrics.items()}
         for name, value in values.items():
             if "/curve/" not in name:
                 pl_module.log(name, value, sync_dist=False)  # already reduced across processes
         if with_curves:
-            self._store_curves(values, stage)
+            self._store_curves(values, stage, "miou" if segmentation else "acc")
         pl_module.train(was_training)
         return values
+
+    def _measure_batch(
+        self,
+        net: Any,
+        x: Tensor,
+        targets: Tensor,
+        stage: str,
+        with_curves: bool,
+        num_outputs: int,
+        add: Any,
+        add_iou: Any,
+    ) -> None:
+        segmentation = targets.dim() == 3
+        shared = _Shared(net, x)
+
+        def score(name: str, logits: Tensor, family: TransformFamily, elements: Tensor) -> None:
+            if not segmentation:
+                add(name, (logits.argmax(dim=1) == targets).float())
+                return
+            moved = transform_masks(family, targets, elements, num_outputs)
+            seen = visible_region(family, elements, x, disk=not family.exact)[:, 0]
+            add_iou(name, logits.argmax(dim=1), moved.masked_fill(~seen, _IGNORE))
+
+        for family in self.families:
+            prefix = f"{stage}/equiv/{family.name}"
+            if segmentation:
+                self._measure_family_dense(net, family, shared, targets, num_outputs, prefix, add, add_iou)
+            else:
+                self._measure_family(net, family, shared, targets, prefix, add)
+            if self.layerwise and family.exact:
+                self._measure_layers(net, family, shared, prefix, add)
+        if with_curves:
+            self._measure_curves(net, x, stage, score)
 
     def _measure_family(
         self, net: Any, family: TransformFamily, shared: _Shared, y: Tensor, prefix: str, add: Any
@@ -168,8 +233,36 @@ class EquivarianceMetrics(pl.Callback):
                 add(f"{prefix}/error_floor", relative_error(reference(transformed), reference(x)))
         for first, second in zip(predictions, predictions[1:], strict=False):
             add(f"{prefix}/consistency", agreement(first, second))
-        if self.layerwise and family.exact:
-            self._measure_layers(net, family, shared, prefix, add)
+
+    @staticmethod
+    def _measure_family_dense(
+        net: Any,
+        family: TransformFamily,
+        shared: _Shared,
+        masks: Tensor,
+        num_outputs: int,
+        prefix: str,
+        add: Any,
+        add_iou: Any,
+    ) -> None:
+        """Equivariance of per-pixel logits: f(g x) against g f(x), on the region both see."""
+        prepare = (lambda images: images) if family.exact else disk_mask
+        x, logits = shared.inputs(family.exact), shared.logits(family.exact)  # (B, C, H, W), (B, K, H, W)
+        reference = _EQUIVARIANT_REFERENCES.get(family.name)
+        for element in family.test_elements():
+            elements = element.expand(len(x), -1).to(x.device)
+            transformed = prepare(family.apply(x, elements))
+            moved_logits, expected = net(transformed), family.apply(logits, elements)
+            seen = visible_region(family, elements, x, disk=not family.exact)  # (B, 1, H, W)
+            add(f"{prefix}/equivariance_error", relative_error(moved_logits * seen, expected * seen))
+            predicted = moved_logits.argmax(dim=1)  # (B, H, W)
+            add(f"{prefix}/consistency", agreement(predicted, expected.argmax(dim=1), seen))
+            targets = transform_masks(family, masks, elements, num_outputs)
+            add(f"{prefix}/acc", agreement(predicted, targets, seen))
+            add_iou(f"{prefix}/miou", predicted, targets.masked_fill(~seen[:, 0], _IGNORE))
+            if reference is not None:
+                moved_reference = family.apply(reference(x), elements) * seen
+                add(f"{prefix}/error_floor", relative_error(reference(transformed) * seen, moved_reference))
 
     @staticmethod
     def _measure_layers(net: Any, family: TransformFamily, shared: _Shared, prefix: str, add: Any) -> None:
@@ -193,22 +286,25 @@ class EquivarianceMetrics(pl.Callback):
                     pending.discard(name)
                     add(f"{prefix}/layer/{name}", relative_error(moved[name], expected))
 
-    def _measure_curves(self, net: Any, x: Tensor, y: Tensor, stage: str, add: Any) -> None:
+    def _measure_curves(self, net: Any, x: Tensor, stage: str, score: Any) -> None:
+        """The task's score (accuracy, or mIoU) against rotation angle and shift."""
         if self.angle_step > 0:
-            masked = disk_mask(x)
+            masked, rotation = disk_mask(x), Rotation()
             for angle in torch.arange(0.0, 360.0, self.angle_step).tolist():
-                rotated = disk_mask(Rotation().apply(masked, torch.full((len(x), 1), angle)))
-                add(f"{stage}/equiv/rotation/curve/{angle:g}", (net(rotated).argmax(dim=1) == y).float())
+                elements = torch.full((len(x), 1), angle, device=x.device)
+                rotated = disk_mask(rotation.apply(masked, elements))
+                score(f"{stage}/equiv/rotation/curve/{angle:g}", net(rotated), rotation, elements)
+        shift = Shift()
         for pixels in range(self.max_shift + 1):
-            shifted = Shift().apply(x, torch.tensor([[0.0, float(pixels)]]).expand(len(x), -1))
-            add(f"{stage}/equiv/shift/curve/{pixels}", (net(shifted).argmax(dim=1) == y).float())
+            elements = torch.tensor([[0.0, float(pixels)]], device=x.device).expand(len(x), -1)
+            score(f"{stage}/equiv/shift/curve/{pixels}", net(shift.apply(x, elements)), shift, elements)
 
-    def _store_curves(self, values: dict[str, float], stage: str) -> None:
+    def _store_curves(self, values: dict[str, float], stage: str, score: str) -> None:
         for family, axis in (("rotation", "angle"), ("shift", "pixels")):
             marker = f"{stage}/equiv/{family}/curve/"
             points = sorted((float(k[len(marker) :]), v) for k, v in values.items() if k.startswith(marker))
             if points:
                 self.curves[f"{stage}/{family}"] = {
                     axis: [p[0] for p in points],
-                    "acc": [p[1] for p in points],
+                    score: [p[1] for p in points],
                 }

@@ -26,6 +26,9 @@ class Augmentation(SymmetryStrategy):
         >>> strategy = Augmentation([Rot90()])
         >>> strategy.augment(torch.rand(4, 1, 8, 8)).shape
         torch.Size([4, 1, 8, 8])
+        >>> images, masks = strategy.augment(torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4, 8, 8)))
+        >>> masks.shape, masks.dtype
+        (torch.Size([4, 8, 8]), torch.int64)
     """
 
     def __init__(self, families: list[TransformFamily], p: float = 1.0) -> None:
@@ -50,6 +53,12 @@ class Augmentation(SymmetryStrategy):
             )
         return self.pipelines[key]
 
-    def augment(self, images: Tensor) -> Tensor:
+    def augment(self, images: Tensor, masks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         height, width = images.shape[-2:]
-        return self.pipeline((height, width)).to(images.device)(images)
+        pipeline = self.pipeline((height, width)).to(images.device)
+        if masks is None:
+            return pipeline(images)
+        # One draw of parameters moves both; kornia resamples masks with nearest neighbour, and
+        # what enters the frame is 0, the background.
+        images, moved = pipeline(images, masks[:, None].to(images.dtype), data_keys=["input", "mask"])
+        return images, moved[:, 0].round().long()

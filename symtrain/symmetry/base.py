@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 from torch import Tensor, nn
 
 from symtrain.backbones.base import Backbone
@@ -27,8 +29,16 @@ class SymmetryStrategy(nn.Module):
         """Raise :class:`~symtrain.errors.SymtrainError` if ``backbone`` cannot serve this strategy
         (on images of side ``image_size``, when known)."""
 
-    def augment(self, images: Tensor) -> Tensor:  # (B, C, H, W) floats in [0, 1]
-        return images
+    @overload
+    def augment(self, images: Tensor) -> Tensor: ...
+
+    @overload
+    def augment(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def augment(self, images: Tensor, masks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Transform training ``images`` (B, C, H, W), floats in [0, 1], and with them their
+        ``masks`` (B, H, W) of class indices when given (then both are returned)."""
+        return images if masks is None else (images, masks)
 
     def extra_repr(self) -> str:
         return f"families={self.families}"
