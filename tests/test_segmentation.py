@@ -376,6 +376,8 @@ def test_segmentation_runs_reload_and_predict_per_pixel(tmp_path: Path, capsys) 
     assert isinstance(net, SegmentationNet) and not net.training
     with pytest.raises(SymtrainError, match="export=True covers classification models"):
         load_model(run, export=True)
+    code, _, err = run_cli(["report", str(run), "--out", str(tmp_path / "report")], capsys)
+    assert code == 2 and "is a segmentation run and the report compares classification runs" in err, err
     # The loaded network reproduces the logged test mIoU on the (tiny) test split.
     data = SyntheticShapes(num_train=96, num_val=32, num_test=32, batch_size=32)
     data.setup()

@@ -51,7 +51,8 @@ def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], li
     run directories (a config but no summary yet).
 
     Raises:
-        SymtrainError: if a path is not a run directory, or no run has finished.
+        SymtrainError: if a path is not a run directory or is a segmentation run, or no run has
+            finished.
     """
     if not run_dirs:
         raise SymtrainError("no run directories given: pass one or more, e.g. runs/compare/shapes")
@@ -61,6 +62,11 @@ def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], li
         summary = path / "summary.json"
         if summary.is_file():
             run = Run(path, json.loads(summary.read_text()))
+            if run.summary.get("task") == "segmentation":
+                raise SymtrainError(
+                    f"'{path}' is a segmentation run and the report compares classification runs: "
+                    "compare segmentation runs through their summary.json or wandb (grouped by approach)"
+                )
             approaches.setdefault(run.approach, Approach(run.approach)).runs.append(run)
         elif (path / "config.yaml").is_file():
             unfinished.append(path)

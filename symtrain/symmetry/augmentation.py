@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import kornia.augmentation as K
+from kornia.constants import DataKey, Resample
 from torch import Tensor, nn
 
 from symtrain.errors import SymtrainError
@@ -49,7 +50,11 @@ class Augmentation(SymmetryStrategy):
         key = "x".join(map(str, image_size))
         if key not in self.pipelines:
             self.pipelines[key] = K.AugmentationSequential(
-                *(family.augmentation(self.p, image_size) for family in self.families)
+                *(family.augmentation(self.p, image_size) for family in self.families),
+                # Masks: nearest neighbour (kornia's default), with the images' grid convention
+                # (align_corners=True, as every family warps); kornia's default leaves it unset
+                # for masks, and the elastic warp then falls back to align_corners=False.
+                extra_args={DataKey.MASK: {"resample": Resample.NEAREST, "align_corners": True}},
             )
         return self.pipelines[key]
 
