@@ -376,8 +376,19 @@ def test_segmentation_runs_reload_and_predict_per_pixel(tmp_path: Path, capsys) 
     assert isinstance(net, SegmentationNet) and not net.training
     with pytest.raises(SymtrainError, match="export=True covers classification models"):
         load_model(run, export=True)
+    # The comparison report reads segmentation runs in their own terms...
     code, _, err = run_cli(["report", str(run), "--out", str(tmp_path / "report")], capsys)
-    assert code == 2 and "is a segmentation run and the report compares classification runs" in err, err
+    assert code == 0, err
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Test mIoU (%)" in report and "Equivariance error of the per-pixel logits" in report
+    assert "**mask consistency**" in report and "examples left out" in report
+    assert (tmp_path / "report" / "figures" / "miou_vs_angle.png").is_file()
+    # ...and refuses to mix them with classification runs.
+    classifier = tmp_path / "classifier"
+    classifier.mkdir()
+    (classifier / "summary.json").write_text(json.dumps({"backbone": "B", "strategy": "S", "metrics": {}}))
+    code, _, err = run_cli(["report", str(run), str(classifier), "--out", str(tmp_path / "mixed")], capsys)
+    assert code == 2 and "the runs mix tasks" in err and len(err.strip().splitlines()) == 1, err
     # The loaded network reproduces the logged test mIoU on the (tiny) test split.
     data = SyntheticShapes(num_train=96, num_val=32, num_test=32, batch_size=32)
     data.setup()

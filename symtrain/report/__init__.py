@@ -1,5 +1,6 @@
-"""The comparison report: every approach's accuracy and invariance side by side, from run
-directories alone (``python -m symtrain report RUN_DIR...``, or at the end of ``compare``)."""
+"""The comparison report: every approach's accuracy and invariance (or, for segmentation runs,
+mIoU and equivariance) side by side, from run directories alone (``python -m symtrain report
+RUN_DIR...``, or at the end of ``compare``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from symtrain.report import figures as plots
-from symtrain.report.collect import families, read_runs
+from symtrain.report.collect import families, read_runs, task_of
 from symtrain.report.page import html_page, markdown
 
 
@@ -30,9 +31,11 @@ def build_report(
         The paths written: ``html``, ``markdown`` and ``figures_dir``.
 
     Raises:
-        SymtrainError: if a path is not a run directory or no run has finished.
+        SymtrainError: if a path is not a run directory, no run has finished, or the runs mix
+            classification and segmentation.
     """
     approaches, unfinished = read_runs(run_dirs)
+    task = task_of(approaches)
     measured = families(approaches)
     out = Path(out_dir)
     figures_dir = out / "figures"
@@ -40,23 +43,25 @@ def build_report(
     notes = [f"not finished, left out: {', '.join(str(p) for p in unfinished)}"] if unfinished else []
     candidates = [
         (
-            "Test accuracy against rotation angle (mean ± std over seeds)",
-            plots.accuracy_curve(
+            f"Test {task.score_label} against rotation angle (mean ± std over seeds)",
+            plots.score_curve(
                 approaches,
                 "test/rotation",
                 "angle",
                 "rotation angle (degrees)",
-                figures_dir / "accuracy_vs_angle.png",
+                figures_dir / f"{task.score_label.lower()}_vs_angle.png",
+                task,
             ),
         ),
         (
-            "Test accuracy against shift (mean ± std over seeds)",
-            plots.accuracy_curve(
+            f"Test {task.score_label} against shift (mean ± std over seeds)",
+            plots.score_curve(
                 approaches,
                 "test/shift",
                 "pixels",
                 "shift (pixels, zero fill)",
-                figures_dir / "accuracy_vs_shift.png",
+                figures_dir / f"{task.score_label.lower()}_vs_shift.png",
+                task,
             ),
         ),
         (
@@ -64,9 +69,13 @@ def build_report(
             plots.layerwise(approaches, measured, figures_dir / "layerwise.png"),
         ),
     ]
-    example_path, note = (
-        plots.examples(approaches, figures_dir / "examples.png", examples) if examples else (None, None)
-    )
+    example_path, note = None, None
+    if examples and task.name == "segmentation":
+        note = (
+            "examples left out: they show predicted classes of whole images, and these are segmentation runs"
+        )
+    elif examples:
+        example_path, note = plots.examples(approaches, figures_dir / "examples.png", examples)
     candidates.append(
         (
             "Example test images under each view with each approach's prediction (green: right, red: wrong)",
@@ -75,6 +84,6 @@ def build_report(
     )
     notes += [note] if note else []
     shown = [(caption, path) for caption, path in candidates if path is not None]
-    (out / "report.md").write_text(markdown(title, approaches, measured, shown, notes))
-    (out / "report.html").write_text(html_page(title, approaches, measured, shown, notes))
+    (out / "report.md").write_text(markdown(title, approaches, measured, shown, notes, task))
+    (out / "report.html").write_text(html_page(title, approaches, measured, shown, notes, task))
     return {"html": out / "report.html", "markdown": out / "report.md", "figures_dir": figures_dir}

@@ -51,8 +51,7 @@ def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], li
     run directories (a config but no summary yet).
 
     Raises:
-        SymtrainError: if a path is not a run directory or is a segmentation run, or no run has
-            finished.
+        SymtrainError: if a path is not a run directory, or no run has finished.
     """
     if not run_dirs:
         raise SymtrainError("no run directories given: pass one or more, e.g. runs/compare/shapes")
@@ -62,11 +61,6 @@ def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], li
         summary = path / "summary.json"
         if summary.is_file():
             run = Run(path, json.loads(summary.read_text()))
-            if run.summary.get("task") == "segmentation":
-                raise SymtrainError(
-                    f"'{path}' is a segmentation run and the report compares classification runs: "
-                    "compare segmentation runs through their summary.json or wandb (grouped by approach)"
-                )
             approaches.setdefault(run.approach, Approach(run.approach)).runs.append(run)
         elif (path / "config.yaml").is_file():
             unfinished.append(path)
@@ -106,3 +100,49 @@ def families(approaches: list[Approach]) -> list[str]:
     }
     preferred = ["rot90", "flip", "circular_shift", "shift", "rotation", "affine", "elastic"]
     return [name for name in preferred if name in names] + sorted(names - set(preferred))
+
+
+@dataclass(frozen=True)
+class Task:
+    """How the report reads and names one task's measures."""
+
+    name: str
+    score: str  # the metric of the upright and per-family score, and of the curves
+    score_label: str
+    error: str  # the per-family output error
+    error_caption: str
+    consistency_caption: str
+
+
+TASKS = {
+    "classification": Task(
+        "classification",
+        "acc",
+        "accuracy",
+        "invariance_error",
+        "Invariance error of the logits (relative; 0 = invariant) and the interpolation error floor",
+        "Consistency (%): predicted class unchanged under the family",
+    ),
+    "segmentation": Task(
+        "segmentation",
+        "miou",
+        "mIoU",
+        "equivariance_error",
+        "Equivariance error of the per-pixel logits (relative; 0 = equivariant) and the interpolation "
+        "error floor",
+        "Mask consistency (%): pixels whose predicted class follows the transformation",
+    ),
+}
+
+
+def task_of(approaches: list[Approach]) -> Task:
+    """The one task every run was trained for.
+
+    Raises:
+        SymtrainError: if the runs mix classification and segmentation.
+    """
+    tasks = {run.summary.get("task", "classification"): run.path for a in approaches for run in a.runs}
+    if len(tasks) > 1:
+        named = ", ".join(f"'{path}' ({task})" for task, path in sorted(tasks.items()))
+        raise SymtrainError(f"the runs mix tasks, e.g. {named}: report each task's runs separately")
+    return TASKS[next(iter(tasks))]

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from symtrain.metrics.functional import disk_mask  # noqa: E402
-from symtrain.report.collect import Approach  # noqa: E402
+from symtrain.report.collect import Approach, Task  # noqa: E402
 from symtrain.transforms import CircularShift, Rot90, Rotation, TransformFamily  # noqa: E402
 
 _STYLE = {
@@ -34,9 +34,11 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: str, path: Path) -> Path | None:
-    """Accuracy against the transformation's magnitude, one line per approach (mean ± std over
-    seeds as a band).
+def score_curve(
+    approaches: list[Approach], curve: str, axis: str, xlabel: str, path: Path, task: Task
+) -> Path | None:
+    """The task's score (accuracy, or mIoU) against the transformation's magnitude, one line per
+    approach (mean ± std over seeds as a band).
 
     Args:
         approaches: the approaches to draw.
@@ -44,6 +46,7 @@ def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: st
         axis: the curve's x values' key (``angle`` or ``pixels``).
         xlabel: the x axis' label, with its unit.
         path: the PNG to write.
+        task: which score the curves hold.
 
     Returns:
         ``path``, or None when no run recorded the curve.
@@ -53,11 +56,11 @@ def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: st
         drawn = False
         for approach in approaches:
             curves = [run.summary.get("curves", {}).get(curve) for run in approach.runs]
-            curves = [c for c in curves if c and len(c.get(axis, [])) == len(c.get("acc", []))]
+            curves = [c for c in curves if c and len(c.get(axis, [])) == len(c.get(task.score, []))]
             if not curves:
                 continue
             x = np.asarray(curves[0][axis])
-            acc = np.asarray([c["acc"] for c in curves if len(c["acc"]) == len(x)]) * 100
+            acc = np.asarray([c[task.score] for c in curves if len(c[task.score]) == len(x)]) * 100
             mean = acc.mean(axis=0)
             (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{approach.name} (n={len(acc)})")
             if len(acc) > 1:
@@ -67,7 +70,7 @@ def accuracy_curve(approaches: list[Approach], curve: str, axis: str, xlabel: st
         if not drawn:
             plt.close(figure)
             return None
-        ax.set(xlabel=xlabel, ylabel="test accuracy (%)", ylim=(0, 101))
+        ax.set(xlabel=xlabel, ylabel=f"test {task.score_label} (%)", ylim=(0, 101))
         if axis == "angle":  # ticks at the multiples of 45°, where the exact symmetries sit
             ax.xaxis.set_major_locator(plt.MultipleLocator(45))
         # Beside the axes: inside, the legend hides the curves' dips.

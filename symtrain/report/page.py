@@ -7,9 +7,9 @@ import html
 from datetime import datetime
 from pathlib import Path
 
-from symtrain.report.collect import Approach, mean_std
+from symtrain.report.collect import Approach, Task, mean_std
 
-DEFINITIONS = [
+CLASSIFICATION_DEFINITIONS = [
     ("accuracy (upright)", "share of the test split classified correctly, as is."),
     (
         "accuracy under a family",
@@ -54,6 +54,45 @@ DEFINITIONS = [
         "against shift: images shifted right by each number of pixels, zero fill.",
     ),
 ]
+_LAYERWISE, _FAMILIES = CLASSIFICATION_DEFINITIONS[4], CLASSIFICATION_DEFINITIONS[6]
+SEGMENTATION_DEFINITIONS = [
+    (
+        "mIoU (upright)",
+        "mean over the classes, background included, of the intersection over union of the "
+        "predicted and the true masks of the test split, as is.",
+    ),
+    (
+        "mIoU under a family",
+        "mIoU of f(g·x) against the moved masks g·y on a fixed subset of test images, for each of "
+        "the family's three fixed, seeded test elements g, counted on the region both views see "
+        "(inside the frame, and inside the inscribed disk for non-exact families).",
+    ),
+    (
+        "equivariance error",
+        "‖f(g·x) − g·f(x)‖ / ‖f(x)‖ on the per-pixel logits f, on that region, per image, averaged "
+        "over images and elements: 0 when the output moves exactly with the image.",
+    ),
+    (
+        "mask consistency",
+        "share of the pixels of that region whose predicted class agrees between f(g·x) and g·f(x) "
+        "(the prediction for the moved image, and the moved prediction): 100% when the predicted "
+        "mask follows the transformation.",
+    ),
+    _LAYERWISE,
+    (
+        "error floor",
+        "for interpolated rotations, the equivariance error of an isotropic gaussian blur (exactly "
+        "rotation-equivariant in the continuum) under the same rotations: what resampling the pixel "
+        "grid alone costs.",
+    ),
+    _FAMILIES,
+    (
+        "curves",
+        "mIoU against rotation angle: disk-masked test images and their masks rotated by each angle; "
+        "against shift: shifted right by each number of pixels, zero fill; on the region both see.",
+    ),
+]
+DEFINITIONS = {"classification": CLASSIFICATION_DEFINITIONS, "segmentation": SEGMENTATION_DEFINITIONS}
 
 
 def _scientific(value: float, digits: int) -> bool:
@@ -79,18 +118,20 @@ def _cell(approach: Approach, key: str, scale: float = 1.0, digits: int = 1) -> 
     return f"{mean:{form}} ± {std:{form}}" if len(approach.runs) > 1 else f"{mean:{form}}"
 
 
-def tables(approaches: list[Approach], families: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(
+    approaches: list[Approach], families: list[str], task: Task
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """(caption, header, rows) of the report's tables: one row per approach."""
     first = ["approach", "seeds"]
     names = [[a.name, str(len(a.runs))] for a in approaches]
     accuracy = (
-        "Test accuracy (%), upright and under each family; parameters and training time",
+        f"Test {task.score_label} (%), upright and under each family; parameters and training time",
         [*first, "upright", *families, "params", "fit (s)"],
         [
             [
                 *n,
-                _cell(a, "test/acc", 100),
-                *(_cell(a, f"test/equiv/{f}/acc", 100) for f in families),
+                _cell(a, f"test/{task.score}", 100),
+                *(_cell(a, f"test/equiv/{f}/{task.score}", 100) for f in families),
                 f"{int(a.values('params')[0]):,}" if a.values("params") else "",
                 _cell(a, "fit_seconds", digits=0) or "n/a",
             ]
@@ -100,19 +141,19 @@ def tables(approaches: list[Approach], families: list[str]) -> list[tuple[str, l
     # Interpolated families also have the error floor that resampling alone causes.
     floors = [f for f in families if any(a.values(f"test/equiv/{f}/error_floor") for a in approaches)]
     error = (
-        "Invariance error of the logits (relative; 0 = invariant) and the interpolation error floor",
+        task.error_caption,
         [*first, *families, *(f"{f} floor" for f in floors)],
         [
             [
                 *n,
-                *(_cell(a, f"test/equiv/{f}/invariance_error", digits=3) for f in families),
+                *(_cell(a, f"test/equiv/{f}/{task.error}", digits=3) for f in families),
                 *(_cell(a, f"test/equiv/{f}/error_floor", digits=3) for f in floors),
             ]
             for n, a in zip(names, approaches, strict=True)
         ],
     )
     consistency = (
-        "Consistency (%): predicted class unchanged under the family",
+        task.consistency_caption,
         [*first, *families],
         [
             [*n, *(_cell(a, f"test/equiv/{f}/consistency", 100) for f in families)]
@@ -128,6 +169,7 @@ def markdown(
     families: list[str],
     figures: list[tuple[str, Path]],
     notes: list[str],
+    task: Task,
 ) -> str:
     """The report as Markdown, with the figures linked from ``figures/``."""
     lines = [
@@ -136,12 +178,14 @@ def markdown(
         f"{sum(len(a.runs) for a in approaches)} runs, {datetime.now():%Y-%m-%d %H:%M}.",
         "",
     ]
-    for caption, header, rows in tables(approaches, families):
+    for caption, header, rows in tables(approaches, families, task):
         lines += [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
     for caption, path in figures:
         lines += [f"![{caption}](figures/{path.name})", "", f"*{caption}*", ""]
-    lines += ["## Definitions", ""] + [f"- **{term}**: {text}" for term, text in DEFINITIONS] + [""]
+    lines += (
+        ["## Definitions", ""] + [f"- **{term}**: {text}" for term, text in DEFINITIONS[task.name]] + [""]
+    )
     lines += ["## Runs", ""] + [
         f"- {a.name}: " + ", ".join(f"`{r.path}`" for r in a.runs) for a in approaches
     ]
@@ -168,6 +212,7 @@ def html_page(
     families: list[str],
     figures: list[tuple[str, Path]],
     notes: list[str],
+    task: Task,
 ) -> str:
     """A self-contained page: inline CSS, figures as data URIs, no scripts, no external URLs."""
     e = html.escape
@@ -179,7 +224,7 @@ def html_page(
         f"<p>{runs} runs of {len(approaches)} approaches, {datetime.now():%Y-%m-%d %H:%M}.</p>",
     ]
     parts += [f"<p class='note'>{e(note)}</p>" for note in notes]
-    for caption, header, rows in tables(approaches, families):
+    for caption, header, rows in tables(approaches, families, task):
         parts.append(
             f"<table><caption>{e(caption)}</caption><tr>"
             + "".join(f"<th>{e(h)}</th>" for h in header)
@@ -194,7 +239,7 @@ def html_page(
             f"<figcaption>{e(caption)}</figcaption></figure>"
         )
     parts.append("<h2>Definitions</h2><dl>")
-    parts += [f"<dt><b>{e(term)}</b></dt><dd>{e(text)}</dd>" for term, text in DEFINITIONS]
+    parts += [f"<dt><b>{e(term)}</b></dt><dd>{e(text)}</dd>" for term, text in DEFINITIONS[task.name]]
     parts.append("</dl><h2>Runs</h2><ul>")
     parts += [
         f"<li>{e(a.name)}: " + ", ".join(f"<code>{e(str(r.path))}</code>" for r in a.runs) + "</li>"
