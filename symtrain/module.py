@@ -93,14 +93,24 @@ class SegmentationNet(nn.Module):
         torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, normalize: Normalize, backbone: Backbone, num_classes: int) -> None:
+    def __init__(
+        self, normalize: Normalize, backbone: Backbone, num_classes: int, decoder: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
-        self.decoder = backbone.decoder(num_classes)
+        self.decoder = backbone.decoder(num_classes) if decoder is None else decoder
 
     def forward(self, images: Tensor) -> Tensor:
         return self.decoder(self.backbone.encode(self.normalize(images)))
+
+    def export(self) -> SegmentationNet:
+        """The same network with an escnn encoder and decoder as plain torch modules (identical
+        outputs, no escnn at inference), in eval mode; itself when there is nothing to export."""
+        if not hasattr(self.backbone, "export_encoder"):
+            return self
+        encoder, decoder = self.backbone.export_encoder(), self.decoder.export()
+        return SegmentationNet(self.normalize, encoder, 0, decoder=decoder).eval()
 
 
 class SymmetryModule(pl.LightningModule):
@@ -281,9 +291,10 @@ class SymmetryModule(pl.LightningModule):
 
     def on_predict_start(self) -> None:
         # Backbones that can export themselves (escnn) predict through the plain-torch export:
-        # the same outputs without the field-type bookkeeping of every escnn layer. (The export
-        # covers the classifier; a segmentation's escnn decoder predicts through escnn.)
-        if hasattr(self.net.backbone, "export") and not self.segmentation:
+        # the same outputs without the field-type bookkeeping of every escnn layer.
+        if self.segmentation and hasattr(self.net.backbone, "export_encoder"):
+            self.__dict__["_predictor"] = self.net.export().to(self.device)
+        elif hasattr(self.net.backbone, "export") and not self.segmentation:
             exported = self.net.backbone.export().to(self.device)
             self.__dict__["_predictor"] = nn.Sequential(self.net.normalize, exported, self.net.head)
 

@@ -263,8 +263,9 @@ def load_model(
     Args:
         path: a ``.ckpt`` file, or a run directory (its best checkpoint is used).
         map_location: device to load the weights onto.
-        export: replace a backbone that can export itself (escnn models) by its plain-torch
-            equivalent: same outputs, no escnn at inference.
+        export: replace a backbone that can export itself (escnn models; for segmentation,
+            its encoder and decoder) by its plain-torch equivalent: same outputs, no escnn at
+            inference.
 
     Returns:
         The network in eval mode: a plain ``nn.Module`` mapping a float image batch in
@@ -285,10 +286,7 @@ def load_model(
     module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)
     net = module.net.eval()
     if export and module.segmentation:
-        raise SymtrainError(
-            f"export=True covers classification models, and '{path}' is a segmentation run: "
-            "load it without export (escnn then runs its decoder)"
-        )
+        return net.export()
     if export and hasattr(net.backbone, "export"):
         net.backbone = net.backbone.export()
     return net

@@ -147,6 +147,14 @@ class _EscnnFilters(nn.Module):
         self._register_load_state_dict_pre_hook(self._before_load)
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
 
+    def _frozen_copy(self) -> _EscnnFilters:
+        """A deep copy in eval mode (escnn's filters expanded once), this module left as it was."""
+        training = self.training
+        self.train(True)  # drops escnn's filter cache, which may hold an autograd graph
+        model = copy.deepcopy(self).eval()
+        self.train(training)
+        return model
+
     def train(self, mode: bool = True) -> _EscnnFilters:
         # escnn expands and caches the filters when switching to eval mode; without no_grad the
         # cache would hold an autograd graph (memory, and deepcopy refuses non-leaf tensors).
@@ -201,7 +209,41 @@ def symmetric_upsample(features: Tensor, size: int) -> Tensor:
     return F.interpolate(features, size=(size, size), mode="bilinear", align_corners=True)
 
 
-class EquivariantDecoder(_EscnnFilters):
+def _export_layer(layer: enn.EquivariantModule) -> nn.Module:
+    """One escnn layer as plain torch, including the ones escnn cannot export itself."""
+    if isinstance(layer, enn.FourierPointwise):
+        return FourierActivation(layer)
+    if isinstance(layer, enn.NormPool):
+        return NormPool(layer.in_type.representations[0].size)
+    if isinstance(layer, enn.GroupPooling):
+        return GroupMaxPool(layer.in_type.representations[0].size)
+    return layer.export()
+
+
+class _SymmetricUNetDecoder(nn.Module):
+    """Per stage, deepest first: upsample on the pooling's symmetric grid, concatenate the
+    skip, apply the stage; then the classifier. Subclasses say how a stage and the classifier
+    run on plain tensors."""
+
+    stages: nn.ModuleList
+    classifier: nn.Module
+
+    def _stage(self, index: int, features: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _classify(self, features: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, pyramid: Pyramid) -> Tensor:  # -> (B, num_classes, H, W)
+        x = pyramid.bottom
+        depth = len(pyramid.skips)
+        for index in range(len(self.stages)):
+            skip = pyramid.skips[depth - 1 - index]
+            x = self._stage(index, torch.cat([symmetric_upsample(x, skip.shape[-1]), skip], dim=1))
+        return self._classify(x)
+
+
+class EquivariantDecoder(_EscnnFilters, _SymmetricUNetDecoder):
     """The decoder of an equivariant U-Net: per stage, deepest first, upsample on the pooling's
     symmetric grid, concatenate the skip's fields, apply the stage's equivariant blocks; then a
     1x1 convolution to scalar (trivial) fields, so the logits of every pixel move with the
@@ -215,17 +257,56 @@ class EquivariantDecoder(_EscnnFilters):
         self.stages = nn.ModuleList(nn.ModuleList(stage) for stage in stages)
         self.classifier = classifier
 
-    def forward(self, pyramid: Pyramid) -> Tensor:  # -> (B, num_classes, H, W)
-        x = pyramid.bottom
-        depth = len(pyramid.skips)
-        for index, stage in enumerate(self.stages):
-            skip = pyramid.skips[depth - 1 - index]
-            up = symmetric_upsample(x, skip.shape[-1])
-            features = enn.GeometricTensor(torch.cat([up, skip], dim=1), stage[0].in_type)
-            for layer in stage:
-                features = layer(features)
-            x = features.tensor
-        return self.classifier(enn.GeometricTensor(x, self.classifier.in_type)).tensor
+    def _stage(self, index: int, features: Tensor) -> Tensor:
+        stage = self.stages[index]
+        geometric = enn.GeometricTensor(features, stage[0].in_type)
+        for layer in stage:
+            geometric = layer(geometric)
+        return geometric.tensor
+
+    def _classify(self, features: Tensor) -> Tensor:
+        return self.classifier(enn.GeometricTensor(features, self.classifier.in_type)).tensor
+
+    def export(self) -> ExportedDecoder:
+        """The same decoder as plain torch modules, in eval mode."""
+        model = self._frozen_copy()
+        stages = [nn.Sequential(*map(_export_layer, stage)) for stage in model.stages]
+        return ExportedDecoder(stages, model.classifier.export()).eval()
+
+
+class ExportedDecoder(_SymmetricUNetDecoder):
+    """Plain-torch :class:`EquivariantDecoder` (from its ``export()``)."""
+
+    def __init__(self, stages: list[nn.Module], classifier: nn.Module) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.classifier = classifier
+
+    def _stage(self, index: int, features: Tensor) -> Tensor:
+        return self.stages[index](features)
+
+    def _classify(self, features: Tensor) -> Tensor:
+        return self.classifier(features)
+
+
+class ExportedEncoder(nn.Module):
+    """Plain-torch :meth:`EquivariantCNN.encode` (from ``export_encoder()``)."""
+
+    def __init__(self, mask: nn.Module, layers: list[nn.Module], pools: list[int]) -> None:
+        super().__init__()
+        self.mask = mask
+        self.layers = nn.ModuleList(layers)
+        self.pools = set(pools)
+
+    def encode(self, images: Tensor) -> Pyramid:
+        features, skips = self.mask(images), []
+        for index, layer in enumerate(self.layers):
+            if index in self.pools:
+                skips.append(features)
+            features = layer(features)
+        return Pyramid(skips, features, [None] * len(skips))
+
+    forward = encode
 
 
 class EquivariantCNN(_EscnnFilters, Backbone):
@@ -469,21 +550,15 @@ class EquivariantCNN(_EscnnFilters, Backbone):
 
     def export(self) -> nn.Module:
         """The same network as plain torch modules (no escnn at inference), in eval mode."""
-        training = self.training
-        self.train(True)  # drops escnn's filter cache, which may hold an autograd graph
-        model = copy.deepcopy(self).eval()
-        self.train(training)
-        exported: list[nn.Module] = [model.mask]
-        for layer in model.layers.children():
-            if isinstance(layer, enn.FourierPointwise):
-                exported.append(FourierActivation(layer))
-            elif isinstance(layer, enn.NormPool):
-                exported.append(NormPool(layer.in_type.representations[0].size))
-            elif isinstance(layer, enn.GroupPooling):
-                exported.append(GroupMaxPool(layer.in_type.representations[0].size))
-            else:
-                exported.append(layer.export())
-        return nn.Sequential(*exported).eval()
+        model = self._frozen_copy()
+        return nn.Sequential(model.mask, *map(_export_layer, model.layers.children())).eval()
+
+    def export_encoder(self) -> ExportedEncoder:
+        """:meth:`encode` as plain torch modules, in eval mode (for the dense form's export)."""
+        model = self._frozen_copy()
+        layers = list(model.layers.children())[:-1]  # the invariant pooling is not part of it
+        pools = [i for i, layer in enumerate(layers) if isinstance(layer, escnn_pool.SymmetricBlurPool)]
+        return ExportedEncoder(model.mask, [_export_layer(layer) for layer in layers], pools).eval()
 
     @property
     def name(self) -> str:
