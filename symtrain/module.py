@@ -146,6 +146,10 @@ class SymmetryModule(pl.LightningModule):
         >>> module = SymmetryModule(partial(StandardCNN, width=4, depth=1), num_classes=3)
         >>> module(torch.rand(2, 1, 16, 16)).shape
         torch.Size([2, 3])
+        >>> tiny = partial(StandardCNN, width=4, depth=1)
+        >>> segmenter = SymmetryModule(tiny, num_classes=3, task="segmentation")
+        >>> segmenter(torch.rand(2, 1, 16, 16)).shape  # background + 3 classes per pixel
+        torch.Size([2, 4, 16, 16])
     """
 
     def __init__(
