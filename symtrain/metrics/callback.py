@@ -196,12 +196,12 @@ class EquivarianceMetrics(pl.Callback):
         segmentation = targets.dim() == 3
         shared = _Shared(net, x)
 
-        def score(name: str, logits: Tensor, family: TransformFamily, elements: Tensor) -> None:
+        def score(name: str, logits: Tensor, family: TransformFamily, elements: Tensor, disk: bool) -> None:
             if not segmentation:
                 add(name, (logits.argmax(dim=1) == targets).float())
                 return
             moved = transform_masks(family, targets, elements, num_outputs)
-            seen = visible_region(family, elements, x, disk=not family.exact)[:, 0]
+            seen = visible_region(family, elements, x, disk=disk)[:, 0]
             add_iou(name, logits.argmax(dim=1), moved.masked_fill(~seen, _IGNORE))
 
         for family in self.families:
@@ -293,11 +293,12 @@ class EquivarianceMetrics(pl.Callback):
             for angle in torch.arange(0.0, 360.0, self.angle_step).tolist():
                 elements = torch.full((len(x), 1), angle, device=x.device)
                 rotated = disk_mask(rotation.apply(masked, elements))
-                score(f"{stage}/equiv/rotation/curve/{angle:g}", net(rotated), rotation, elements)
+                score(f"{stage}/equiv/rotation/curve/{angle:g}", net(rotated), rotation, elements, True)
         shift = Shift()
         for pixels in range(self.max_shift + 1):
             elements = torch.tensor([[0.0, float(pixels)]], device=x.device).expand(len(x), -1)
-            score(f"{stage}/equiv/shift/curve/{pixels}", net(shift.apply(x, elements)), shift, elements)
+            shifted = shift.apply(x, elements)
+            score(f"{stage}/equiv/shift/curve/{pixels}", net(shifted), shift, elements, False)
 
     def _store_curves(self, values: dict[str, float], stage: str, score: str) -> None:
         for family, axis in (("rotation", "angle"), ("shift", "pixels")):
