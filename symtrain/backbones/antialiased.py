@@ -248,13 +248,7 @@ class AntialiasedCNN(_StagedCNN):
             padding_mode="circular" if self.circular else "zeros",
         )
         self.layers, self.out_channels = conv_stages(
-            in_channels,
-            width,
-            depth,
-            convs_per_stage,
-            kernel_size,
-            downsample=self._downsampling,
-            padding_mode="circular" if self.circular else "zeros",
+            in_channels, **self.dense_args, downsample=self._downsampling
         )
 
     @property

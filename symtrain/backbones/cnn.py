@@ -135,6 +135,7 @@ class _StagedCNN(Backbone):
 
     layers: nn.Sequential
     depth: int
+    # The stages' settings, shared by the encoder (conv_stages) and the decoder (UNetDecoder).
     dense_args: dict
 
     def forward(self, images: Tensor) -> Tensor:
@@ -209,12 +210,7 @@ class StandardCNN(_StagedCNN):
             width=width, depth=depth, convs_per_stage=convs_per_stage, kernel_size=kernel_size
         )
         self.layers, self.out_channels = conv_stages(
-            in_channels,
-            width,
-            depth,
-            convs_per_stage,
-            kernel_size,
-            downsample=lambda: nn.MaxPool2d(kernel_size=2, stride=2),
+            in_channels, **self.dense_args, downsample=lambda: nn.MaxPool2d(kernel_size=2, stride=2)
         )
 
     def declared_symmetries(self) -> dict[str, Exactness]:

@@ -377,13 +377,14 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 f"and a stage in 1..{depth - 1}"
             )
         self.group, self.order, self.grid_size = group, order, grid_size
-        self.dense_args = dict(
-            width=width,
+        # The stages' settings, shared by the encoder and the decoder (see _convolutions).
+        self.stage_args = dict(
             convs_per_stage=convs_per_stage,
             kernel_size=kernel_size,
             width_rule=width_rule,
             max_frequency=max_frequency,
         )
+        self.width = width
         self.restrict_from_stage = restrict_from_stage
         self.mask = DiskMask() if disk_mask else nn.Identity()
         self._representations: dict[tuple, Tensor] = {}
@@ -399,11 +400,8 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 layers.append(enn.RestrictionModule(field_type, (None, order if group == "D" else -1)))
                 field_type = layers[-1].out_type
                 gspace = field_type.gspace
-            for _ in range(convs_per_stage):
-                channels = width * 2**stage
-                block = self._block(gspace, field_type, channels, kernel_size, width_rule, max_frequency)
-                layers.extend(block)
-                field_type = block[-1].out_type
+            layers.extend(self._convolutions(gspace, field_type, width * 2**stage))
+            field_type = layers[-1].out_type
             layers.append(escnn_pool.SymmetricBlurPool(field_type, blur_size))
         if _is_regular(field_type):
             layers.append(enn.GroupPooling(field_type))
@@ -422,6 +420,20 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         if group == "SO2":
             return gspaces.rot2dOnR2(-1)
         return gspaces.flipRot2dOnR2(-1)
+
+    def _convolutions(
+        self, gspace: gspaces.GSpace2D, field_type: enn.FieldType, channels: int
+    ) -> list[enn.EquivariantModule]:
+        """One stage's ``convs_per_stage`` blocks of ``channels`` StandardCNN-equivalent width."""
+        args = self.stage_args
+        layers: list[enn.EquivariantModule] = []
+        for _ in range(args["convs_per_stage"]):
+            block = self._block(
+                gspace, field_type, channels, args["kernel_size"], args["width_rule"], args["max_frequency"]
+            )
+            layers.extend(block)
+            field_type = block[-1].out_type
+        return layers
 
     def _block(
         self,
@@ -487,24 +499,13 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 "drop model.backbone.restrict_from_stage for segmentation"
             )
         pools = [layer for layer in self.layers.children() if isinstance(layer, escnn_pool.SymmetricBlurPool)]
-        args = self.dense_args
         field_type = pools[-1].out_type
         gspace = field_type.gspace
         stages = []
         for stage in reversed(range(len(pools))):
-            field_type = field_type + pools[stage].in_type  # upsampled fields, then the skip's
-            layers: list[enn.EquivariantModule] = []
-            for _ in range(args["convs_per_stage"]):
-                block = self._block(
-                    gspace,
-                    field_type,
-                    args["width"] * 2**stage,
-                    args["kernel_size"],
-                    args["width_rule"],
-                    args["max_frequency"],
-                )
-                layers.extend(block)
-                field_type = block[-1].out_type
+            # upsampled fields, then the skip's
+            layers = self._convolutions(gspace, field_type + pools[stage].in_type, self.width * 2**stage)
+            field_type = layers[-1].out_type
             stages.append(layers)
         scalars = enn.FieldType(gspace, num_classes * [gspace.trivial_repr])
         return EquivariantDecoder(stages, enn.R2Conv(field_type, scalars, kernel_size=1))
