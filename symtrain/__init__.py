@@ -5,8 +5,19 @@ strategy (architectural, augmentation), train it with ``python -m symtrain fit``
 invariance and accuracy side by side with other approaches.
 """
 
+from typing import Any
+
 from symtrain.errors import SymtrainError
-from symtrain.runs import load_model
 
 __version__ = "0.1.0"
 __all__ = ["SymtrainError", "load_model", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``load_model`` needs torch: imported on first use, so that ``python -m symtrain --help``
+    # and ``report`` start without it (PEP 562).
+    if name == "load_model":
+        from symtrain.runs import load_model
+
+        return load_model
+    raise AttributeError(f"module 'symtrain' has no attribute {name!r}")

@@ -3,6 +3,48 @@
 import os
 import sys
 
+# The subcommands, for the top-level help. fit/validate/test/predict are LightningCLI's (their
+# options come from the classes: ``fit --help``); compare and report are symtrain's own.
+SUBCOMMANDS = {
+    "fit": "train a model from config files and flags, then test it (one run directory per run)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split, invariance metrics included",
+    "predict": "save a checkpoint's predictions (predictions.pt in the run directory)",
+    "compare": "train a backbone x strategy x seed study, then build its report",
+    "report": "build the comparison report (tables, curves, HTML) of finished runs",
+}
+
+_EXAMPLES = """\
+examples:
+  python -m symtrain fit --config configs/quickstart.yaml
+  python -m symtrain fit --config configs/quickstart.yaml --config configs/backbone/escnn_c4.yaml
+  python -m symtrain fit --help          every option of a run, with the plugins' choices
+  python -m symtrain compare --config configs/compare/shapes.yaml
+"""
+
+
+def print_help() -> None:
+    """The top-level help, without importing torch or Lightning: it is what a user asks for
+    first, and building LightningCLI's parser costs the whole framework's import (seconds).
+    ``SUBCOMMAND --help`` shows LightningCLI's full parser."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m symtrain",
+        description=sys.modules["symtrain"].__doc__.strip().splitlines()[0],
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="CONFIG", help="a config file with a section per subcommand"
+    )
+    commands = parser.add_subparsers(
+        title="subcommands", metavar="{" + ",".join(SUBCOMMANDS) + "}", description="add --help to one for its options"
+    )
+    for name, text in SUBCOMMANDS.items():
+        commands.add_parser(name, help=text)
+    parser.print_help()
+
 
 def run() -> None:
     if "PYTHONHASHSEED" not in os.environ:
@@ -12,6 +54,11 @@ def run() -> None:
         # processes a DDP launcher starts inherit it.
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        import symtrain  # noqa: F401  (light: its heavy attributes are imported on use)
+
+        print_help()
+        return
     from symtrain.compare import COMMANDS, run_command
 
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
