@@ -495,7 +495,8 @@ def report(results: dict[str, Any]) -> str:
         row(f"{config}: exported inference / plain CNN", values["export_infer_ratio"], 1.05, False)
     if "startup_help_s" in results:
         row("start-up: `python -m symtrain --help` (s)", results["startup_help_s"], 2.0, False, "{:.2f}")
-        info("`python -m symtrain fit --help`: LightningCLI's full parser (s)", results["startup_fit_help_s"], "{:.2f}")
+        fit_help = results["startup_fit_help_s"]
+        info("`python -m symtrain fit --help`: LightningCLI's full parser (s)", fit_help, "{:.2f}")
         info("(its floor) `import lightning.pytorch` alone (s)", results["import_lightning_s"], "{:.2f}")
         info("one-step quickstart fit, process start to exit (s)", results["first_step_fit_s"], "{:.2f}")
     lines.append("")

@@ -39,7 +39,9 @@ def print_help() -> None:
         "-c", "--config", metavar="CONFIG", help="a config file with a section per subcommand"
     )
     commands = parser.add_subparsers(
-        title="subcommands", metavar="{" + ",".join(SUBCOMMANDS) + "}", description="add --help to one for its options"
+        title="subcommands",
+        metavar="{" + ",".join(SUBCOMMANDS) + "}",
+        description="add --help to one for its options",
     )
     for name, text in SUBCOMMANDS.items():
         commands.add_parser(name, help=text)
