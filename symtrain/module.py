@@ -38,6 +38,29 @@ def _unsyncable_norms() -> tuple[type, ...]:
     return (sys.modules["escnn.nn"].IIDBatchNorm2d,) if "escnn.nn" in sys.modules else ()
 
 
+class JaccardIndex(MulticlassJaccardIndex):
+    """torchmetrics' multiclass IoU (states, DDP reduction and compute unchanged) whose update
+    counts the confusion matrix with ``index_add_``. torchmetrics counts with
+    ``torch.bincount``, which on a GPU reads the largest value on the host: a sync at every
+    segmentation training step. Under deterministic algorithms (where ``index_add_`` is not
+    allowed on a GPU) torchmetrics' own deterministic update is used.
+
+    Examples:
+        >>> iou = JaccardIndex(3, validate_args=False)
+        >>> iou.update(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [1, 2]]))
+        >>> iou.confmat.tolist()
+        [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        if torch.are_deterministic_algorithms_enabled() or self.ignore_index is not None:
+            super().update(preds, target)
+            return
+        # preds and target: class indices of the same shape (rows: target, columns: pred)
+        bins = target.reshape(-1).long() * self.num_classes + preds.reshape(-1).long()
+        self.confmat.view(-1).index_add_(0, bins, torch.ones_like(bins))
+
+
 class Normalize(nn.Module):
     """Per-channel standardisation, part of the model so transformations act on raw images."""
 
@@ -188,7 +211,11 @@ class SymmetryModule(pl.LightningModule):
         # epoch: a self.log call per step costs more than a small model's step on a GPU.
         # (ModuleDict keys may not shadow nn.Module attributes such as ``train``.)
         stages = ("train", "val", "test")
-        self.mean_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in stages})
+        # nan_strategy="disable": the default looks for NaNs on the host at every update (a sync
+        # per step), and would drop them from the mean; a NaN loss is NonFiniteLossStop's job.
+        self.mean_loss = nn.ModuleDict(
+            {f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in stages}
+        )
         # validate_args=False: the checks of the inputs' values sync with the host.
         self.accuracy = nn.ModuleDict(
             {
@@ -199,7 +226,7 @@ class SymmetryModule(pl.LightningModule):
         # Segmentation: pixel accuracy above, and the mean over classes of intersection over union.
         self.miou = nn.ModuleDict(
             {
-                f"{stage}_miou": MulticlassJaccardIndex(self.num_outputs, validate_args=False)
+                f"{stage}_miou": JaccardIndex(self.num_outputs, validate_args=False)
                 for stage in (stages if segmentation else ())
             }
         )

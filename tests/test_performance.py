@@ -3,6 +3,7 @@ performance options, and the benchmark script itself."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -11,14 +12,20 @@ import sys
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torchmetrics.classification import MulticlassJaccardIndex
 
-from symtrain.backbones import EquivariantCNN, StandardCNN
+from symtrain.backbones import AntialiasedCNN, EquivariantCNN, StandardCNN
 from symtrain.data import SyntheticShapes
-from symtrain.module import SymmetryModule
+from symtrain.module import JaccardIndex, SymmetryModule
+from symtrain.symmetry import Augmentation
+from symtrain.transforms import Affine, Elastic, Flip, Rot90, Rotation, Shift
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +107,142 @@ def test_top_level_help_lists_every_subcommand_without_importing_torch() -> None
     for name in SUBCOMMANDS:
         assert f"\n    {name} " in done.stdout
     assert "python -m symtrain fit --help" in done.stdout
+
+
+# --- no host syncs in a training step ---
+
+TINY_BACKBONES = {
+    "cnn": partial(StandardCNN, width=4, depth=2),
+    "aps": partial(
+        AntialiasedCNN, width=4, depth=2, downsample="aps", padding_mode="circular", circular=True
+    ),
+    "escnn_c4": partial(EquivariantCNN, group="C", order=4, width=4, depth=2),
+    "escnn_d4": partial(EquivariantCNN, group="D", order=4, width=4, depth=2),
+}
+
+
+def training_step(module: SymmetryModule, device: str) -> Tensor:
+    """What the module does with one training batch: convert and augment it, forward, loss,
+    the epoch's metric states, backward."""
+    module.__dict__["_trainer"] = SimpleNamespace(training=True)
+    batch: tuple[Tensor, ...] = (
+        torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8, device=device),
+        torch.randint(0, 5, (8,), device=device),
+    )
+    if module.segmentation:
+        batch += (torch.randint(0, 6, (8, 16, 16), dtype=torch.uint8, device=device),)
+    loss = module._shared_step(module.on_after_batch_transfer(batch, 0), "train")
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize(
+    "task,backbone",
+    [("classification", name) for name in TINY_BACKBONES]
+    + [("segmentation", "cnn"), ("segmentation", "aps")],
+)
+def test_a_training_step_reads_nothing_back_from_the_device(
+    task: str, backbone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On "meta" tensors (shapes without data, standing in for a GPU) any read of a value on
+    the host fails: .item(), bool(tensor), and ops whose output size depends on the values
+    (bincount, nonzero). So the step queues its work without ever waiting for the device."""
+    if backbone.startswith("escnn"):
+        # escnn shares basis modules between all models through a global cache: this model
+        # gets its own, so that moving it to "meta" leaves every other model alone.
+        from escnn.nn.modules.basismanager import basisexpansion_singleblock
+
+        monkeypatch.setattr(basisexpansion_singleblock, "_stored_filters", {})
+    module = SymmetryModule(TINY_BACKBONES[backbone], num_classes=5, task=task).to("meta")
+    loss = training_step(module, "meta")
+    assert loss.device.type == "meta" and module.mean_loss["train_loss"].mean_value.device.type == "meta"
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operators that read a tensor's values back to the host (on a GPU, each
+    waits for the device): scalar reads, value-dependent output sizes, boolean-mask indexing."""
+
+    READS = {
+        "aten::_local_scalar_dense",  # .item(), bool(tensor)
+        "aten::allclose",
+        "aten::equal",
+        "aten::nonzero",
+        "aten::masked_select",
+        "aten::bincount",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func._schema.name
+        indices = args[1] if name.startswith("aten::index") and len(args) > 1 else ()
+        masks = [i for i in indices if isinstance(i, Tensor) and i.dtype == torch.bool]
+        if name in self.READS or masks:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", [Rot90, Flip, Shift, Rotation, Affine, Elastic])
+def test_on_device_augmentation_reads_nothing_back(family: type) -> None:
+    """kornia cannot move to "meta", so augmentation is checked on the CPU by recording every
+    operator that reads values back: none may run at a step, for images or with masks. (The
+    first call builds kornia's samplers, checking their ranges once.)"""
+    strategy = Augmentation([family()])
+    images, masks = torch.rand(8, 1, 16, 16), torch.randint(0, 6, (8, 16, 16))
+    strategy.augment(images)
+    with HostReads() as recorder:
+        strategy.augment(images)
+        strategy.augment(images, masks)
+    assert recorder.reads == []
+
+
+def test_host_reads_are_recorded() -> None:
+    values = torch.arange(4)
+    reads = (
+        lambda: values.max().item(),
+        lambda: values[values > 1],
+        lambda: bool(values.any()),
+        lambda: torch.allclose(values, values),
+    )
+    for read in reads:
+        with HostReads() as recorder:
+            read()
+        assert recorder.reads, read
+    with HostReads() as recorder:
+        (values * 2).sum()
+    assert recorder.reads == []
+
+
+def test_escnn_layers_slice_with_host_ints_and_keep_their_buffers() -> None:
+    """escnn's index buffers of contiguous fields are read as Python ints (no device read per
+    layer), equal to the buffers, which stay in the state dict and survive copies."""
+    module = SymmetryModule(TINY_BACKBONES["escnn_c4"], num_classes=5, task="segmentation")
+    shadowed = 0
+    for layer in copy.deepcopy(module.net).modules():
+        for name, buffer in layer._buffers.items():
+            if "indices" in name and name in layer.__dict__:
+                assert layer.__dict__[name] == tuple(buffer.tolist()) and len(buffer) == 2
+                shadowed += 1
+    decoder_layers = {type(layer).__name__ for layer in module.net.decoder.modules()}
+    assert shadowed >= 8 and "InnerBatchNorm" in decoder_layers
+    assert any("indices" in key for key in module.state_dict())
+    with torch.no_grad():  # the ints are what the layers use: the model still runs the same
+        module.eval()
+        assert module.net(torch.rand(2, 1, 16, 16)).shape == (2, 6, 16, 16)
+
+
+def test_sync_free_iou_equals_torchmetrics() -> None:
+    generator = torch.Generator().manual_seed(0)
+    preds, target = (torch.randint(0, 6, (4, 16, 16), generator=generator) for _ in range(2))
+    ours, reference = JaccardIndex(6, validate_args=False), MulticlassJaccardIndex(6, validate_args=False)
+    for _ in range(2):
+        ours.update(preds, target)
+        reference.update(preds, target)
+        preds = preds.roll(1, dims=-1)
+    assert torch.equal(ours.confmat, reference.confmat)
+    assert torch.allclose(ours.compute(), reference.compute())
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])

@@ -147,6 +147,22 @@ class _EscnnFilters(nn.Module):
         self._register_load_state_dict_pre_hook(self._before_load)
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
 
+    def _read_slice_bounds_on_host(self) -> None:
+        """escnn's batch norm and group/norm pooling keep each contiguous group of fields'
+        channel range as a 2-element index buffer and slice with its elements, which on a GPU
+        reads the device: a host sync for every such layer at every step. The ranges are
+        constants of the field types, so the modules read them as Python ints, shadowing the
+        buffers (``__dict__`` comes before ``nn.Module.__getattr__``); the buffers stay, so
+        state dicts, device moves and DDP's buffer broadcast are unchanged."""
+        for module in self.modules():
+            for key, contiguous in getattr(module, "_contiguous", {}).items():
+                names = [f"indices_{key}", f"in_indices_{key}", f"out_indices_{key}"]
+                if isinstance(key, str) and hasattr(module, "_escape_name"):  # IIDBatchNorm2d
+                    names.append(f"{module._escape_name(key)}_indices")
+                for name in names:
+                    if contiguous and name in module._buffers:
+                        module.__dict__[name] = tuple(module._buffers[name].tolist())
+
     def _frozen_copy(self) -> _EscnnFilters:
         """A deep copy in eval mode (escnn's filters expanded once), this module left as it was."""
         training = self.training
@@ -256,6 +272,7 @@ class EquivariantDecoder(_EscnnFilters, _SymmetricUNetDecoder):
         super().__init__()
         self.stages = nn.ModuleList(nn.ModuleList(stage) for stage in stages)
         self.classifier = classifier
+        self._read_slice_bounds_on_host()
 
     def _stage(self, index: int, features: Tensor) -> Tensor:
         stage = self.stages[index]
@@ -411,6 +428,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         # (Lightning's sync_batchnorm) re-adds every child, which SequentialModule refuses.
         self.layers = nn.ModuleList(layers)
         self.out_channels = layers[-1].out_type.size
+        self._read_slice_bounds_on_host()
 
     def _gspace(self, group: Group) -> gspaces.GSpace2D:
         if group == "C":
