@@ -45,6 +45,34 @@ def test_a_batch_is_cut_with_one_indexing_and_matches_the_samples() -> None:
     assert sum(len(batch[1]) for batch in loader) == len(split)
 
 
+class Copies(TorchDispatchMode):
+    """Records the copies between devices: (source device, target device, non_blocking)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: list[tuple[str, str, bool]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func._schema.name == "aten::_to_copy" and "device" in kwargs:
+            self.copies.append(
+                (args[0].device.type, kwargs["device"].type, kwargs.get("non_blocking", False))
+            )
+        return func(*args, **kwargs)
+
+
+def test_batch_indices_reach_the_device_without_blocking() -> None:
+    """With the splits on an accelerator ("meta" here), the sampler's indices are copied to it
+    without blocking (a blocking copy from host memory waits for the device's queue)."""
+    data = tiny_shapes()
+    data.trainer = fake_trainer("meta")
+    data.setup("fit")
+    with Copies() as recorder:
+        images, labels = next(iter(data.train_dataloader()))
+    assert images.device.type == labels.device.type == "meta" and images.shape == (16, 1, 32, 32)
+    assert recorder.copies == [("cpu", "meta", True)]
+
+
 def fake_trainer(device: str) -> SimpleNamespace:
     return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
 

@@ -70,8 +70,11 @@ class SplitDataset(Dataset):
         return self._take(index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        # (B, C, H, W), (B,) [, (B, H, W)]
-        return self._take(torch.as_tensor(indices, device=self.split.labels.device))
+        # (B, C, H, W), (B,) [, (B, H, W)]. For splits held on a GPU the sampler's indices
+        # are copied there without blocking: a blocking copy from host memory waits for
+        # everything queued on the device, a sync at every step.
+        index = torch.as_tensor(indices)
+        return self._take(index.to(self.split.labels.device, non_blocking=True))
 
 
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
