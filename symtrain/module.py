@@ -21,11 +21,12 @@ from kornia.losses import dice_loss
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy
 
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.errors import SymtrainError
+from symtrain.metrics.iou import JaccardIndex
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
 
 Task = Literal["classification", "segmentation"]
@@ -36,29 +37,6 @@ def _unsyncable_norms() -> tuple[type, ...]:
     # _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it. (Only a
     # model that imported escnn can hold one.)
     return (sys.modules["escnn.nn"].IIDBatchNorm2d,) if "escnn.nn" in sys.modules else ()
-
-
-class JaccardIndex(MulticlassJaccardIndex):
-    """torchmetrics' multiclass IoU (states, DDP reduction and compute unchanged) whose update
-    counts the confusion matrix with ``index_add_``. torchmetrics counts with
-    ``torch.bincount``, which on a GPU reads the largest value on the host: a sync at every
-    segmentation training step. Under deterministic algorithms (where ``index_add_`` is not
-    allowed on a GPU) torchmetrics' own deterministic update is used.
-
-    Examples:
-        >>> iou = JaccardIndex(3, validate_args=False)
-        >>> iou.update(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [1, 2]]))
-        >>> iou.confmat.tolist()
-        [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
-    """
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        if torch.are_deterministic_algorithms_enabled() or self.ignore_index is not None:
-            super().update(preds, target)
-            return
-        # preds and target: class indices of the same shape (rows: target, columns: pred)
-        bins = target.reshape(-1).long() * self.num_classes + preds.reshape(-1).long()
-        self.confmat.view(-1).index_add_(0, bins, torch.ones_like(bins))
 
 
 class Normalize(nn.Module):

@@ -23,7 +23,8 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from symtrain.backbones import AntialiasedCNN, EquivariantCNN, StandardCNN
 from symtrain.data import SyntheticShapes
-from symtrain.module import JaccardIndex, SymmetryModule
+from symtrain.metrics import JaccardIndex
+from symtrain.module import SymmetryModule
 from symtrain.symmetry import Augmentation
 from symtrain.transforms import Affine, Elastic, Flip, Rot90, Rotation, Shift
 
@@ -205,7 +206,7 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = func._schema.name
-        indices = args[1] if name.startswith("aten::index") and len(args) > 1 else ()
+        indices = args[1] if name in ("aten::index", "aten::index_put", "aten::index_put_") else ()
         masks = [i for i in indices if isinstance(i, Tensor) and i.dtype == torch.bool]
         if name in self.READS or masks:
             self.reads.append(name)
@@ -261,16 +262,23 @@ def test_escnn_layers_slice_with_host_ints_and_keep_their_buffers() -> None:
         assert module.net(torch.rand(2, 1, 16, 16)).shape == (2, 6, 16, 16)
 
 
-def test_sync_free_iou_equals_torchmetrics() -> None:
+@pytest.mark.parametrize("ignore_index", [None, -1])
+def test_sync_free_iou_equals_torchmetrics(ignore_index: int | None) -> None:
     generator = torch.Generator().manual_seed(0)
     preds, target = (torch.randint(0, 6, (4, 16, 16), generator=generator) for _ in range(2))
-    ours, reference = JaccardIndex(6, validate_args=False), MulticlassJaccardIndex(6, validate_args=False)
+    if ignore_index is not None:
+        target[:, :5] = ignore_index
+    kwargs = dict(ignore_index=ignore_index, validate_args=False)
+    ours, reference = JaccardIndex(6, **kwargs), MulticlassJaccardIndex(6, **kwargs)
     for _ in range(2):
         ours.update(preds, target)
         reference.update(preds, target)
         preds = preds.roll(1, dims=-1)
     assert torch.equal(ours.confmat, reference.confmat)
     assert torch.allclose(ours.compute(), reference.compute())
+    with HostReads() as recorder:
+        ours.update(preds, target)
+    assert recorder.reads == []
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])

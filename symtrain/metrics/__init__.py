@@ -2,5 +2,13 @@
 
 from symtrain.metrics.callback import EquivarianceMetrics
 from symtrain.metrics.functional import agreement, disk_mask, radial_profile, relative_error
+from symtrain.metrics.iou import JaccardIndex
 
-__all__ = ["EquivarianceMetrics", "agreement", "disk_mask", "radial_profile", "relative_error"]
+__all__ = [
+    "EquivarianceMetrics",
+    "JaccardIndex",
+    "agreement",
+    "disk_mask",
+    "radial_profile",
+    "relative_error",
+]

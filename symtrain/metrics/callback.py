@@ -38,7 +38,6 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MulticlassJaccardIndex
 
 from symtrain.metrics.functional import (
     agreement,
@@ -49,6 +48,7 @@ from symtrain.metrics.functional import (
     transform_masks,
     visible_region,
 )
+from symtrain.metrics.iou import JaccardIndex
 from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
 
 # Functions exactly invariant to a family in the continuum: their measured error under the
@@ -158,11 +158,14 @@ class EquivarianceMetrics(pl.Callback):
         metrics: dict[str, Metric] = {}
 
         def add(name: str, values: Tensor) -> None:
-            metrics.setdefault(name, MeanMetric().to(pl_module.device)).update(values)
+            # nan_strategy="disable": the default scans for NaNs on the host at every update
+            # (a sync each), and would hide a diverged model's NaNs from the mean.
+            metric = metrics.setdefault(name, MeanMetric(nan_strategy="disable").to(pl_module.device))
+            metric.update(values)
 
         def add_iou(name: str, predictions: Tensor, targets: Tensor) -> None:
             if name not in metrics:
-                iou = MulticlassJaccardIndex(num_outputs, ignore_index=_IGNORE, validate_args=False)
+                iou = JaccardIndex(num_outputs, ignore_index=_IGNORE, validate_args=False)
                 metrics[name] = iou.to(pl_module.device)
             metrics[name].update(predictions, targets)
 
@@ -173,7 +176,9 @@ class EquivarianceMetrics(pl.Callback):
                 targets = masks[batch] if segmentation else labels[batch]  # (B, H, W) or (B,)
                 x = images[batch]
                 self._measure_batch(net, x, targets, stage, with_curves, num_outputs, add, add_iou)
-        values = {name: metric.compute().item() for name, metric in metrics.items()}
+        # One read of every value (rather than a host sync per metric).
+        computed = [metric.compute().float() for metric in metrics.values()]
+        values = dict(zip(metrics, torch.stack(computed).tolist() if computed else [], strict=True))
         for name, value in values.items():
             if "/curve/" not in name:
                 pl_module.log(name, value, sync_dist=False)  # already reduced across processes

@@ -145,6 +145,7 @@ def radial_profile(images: Tensor, rings: int = 8) -> Tensor:
     x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
     radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2) / (min(height, width) / 2)
     ring = (radius * rings).floor().clamp(max=rings).long().flatten()  # (H*W,), ring `rings` = outside
-    one_hot = torch.nn.functional.one_hot(ring, rings + 1)[:, :rings].to(images.dtype)  # (H*W, rings)
+    # (H*W, rings), by comparison: F.one_hot checks the values' range on the host (a sync)
+    one_hot = (ring[:, None] == torch.arange(rings, device=ring.device)).to(images.dtype)
     sums = images.flatten(2) @ one_hot  # (B, C, rings)
     return (sums / one_hot.sum(0).clamp_min(1)).flatten(1)
