@@ -262,6 +262,38 @@ def test_escnn_layers_slice_with_host_ints_and_keep_their_buffers() -> None:
         assert module.net(torch.rand(2, 1, 16, 16)).shape == (2, 6, 16, 16)
 
 
+@pytest.mark.parametrize("regular", [True, False])
+def test_fast_inner_batch_norm_equals_escnn(regular: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """symtrain's InnerBatchNorm (no output copy; a 2-D kernel in eval) gives escnn's outputs
+    and running statistics, on regular fields and on a mix of field sizes (escnn's path)."""
+    import escnn.gspaces
+    import escnn.nn as enn
+
+    from symtrain.backbones.escnn_layers import InnerBatchNorm
+
+    escnn_forward, escnn_ran = enn.InnerBatchNorm.forward, []
+    monkeypatch.setattr(
+        enn.InnerBatchNorm, "forward", lambda self, x: escnn_ran.append(self) or escnn_forward(self, x)
+    )
+
+    gspace = escnn.gspaces.rot2dOnR2(4)
+    fields = 3 * [gspace.regular_repr] if regular else [gspace.regular_repr, gspace.trivial_repr] * 2
+    field_type = enn.FieldType(gspace, fields)
+    ours, theirs = InnerBatchNorm(field_type), enn.InnerBatchNorm(field_type)
+    theirs.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = enn.GeometricTensor(
+            torch.randn(4, field_type.size, 6, 6, generator=generator) * 3 + 1, field_type
+        )
+        assert torch.allclose(ours(x).tensor, theirs(x).tensor, atol=1e-5)
+    for key, value in theirs.state_dict().items():
+        assert torch.allclose(ours.state_dict()[key].float(), value.float()), key
+    ours.eval(), theirs.eval()
+    assert torch.allclose(ours(x).tensor, theirs(x).tensor, atol=1e-5)
+    assert (ours in escnn_ran) is not regular  # the fast path ran on regular fields only
+
+
 @pytest.mark.parametrize("ignore_index", [None, -1])
 def test_sync_free_iou_equals_torchmetrics(ignore_index: int | None) -> None:
     generator = torch.Generator().manual_seed(0)

@@ -32,11 +32,11 @@ if TYPE_CHECKING:
     from escnn import gspaces
     from escnn import nn as enn
 
-    from symtrain.backbones import escnn_pool
+    from symtrain.backbones import escnn_layers
 else:  # escnn is imported when the first EquivariantCNN is built, not by every symtrain command
     gspaces = lazy_module("escnn.gspaces")
     enn = lazy_module("escnn.nn")
-    escnn_pool = lazy_module("symtrain.backbones.escnn_pool")
+    escnn_layers = lazy_module("symtrain.backbones.escnn_layers")
 
 Group = Literal["C", "D", "SO2", "O2"]
 
@@ -419,7 +419,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 gspace = field_type.gspace
             layers.extend(self._convolutions(gspace, field_type, width * 2**stage))
             field_type = layers[-1].out_type
-            layers.append(escnn_pool.SymmetricBlurPool(field_type, blur_size))
+            layers.append(escnn_layers.SymmetricBlurPool(field_type, blur_size))
         if _is_regular(field_type):
             layers.append(enn.GroupPooling(field_type))
         else:
@@ -468,7 +468,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
             out_type = enn.FieldType(gspace, fields * [gspace.regular_repr])
             return [
                 enn.R2Conv(in_type, out_type, kernel_size, padding=kernel_size // 2, bias=False),
-                enn.InnerBatchNorm(out_type),
+                escnn_layers.InnerBatchNorm(out_type),
                 enn.ReLU(out_type, inplace=True),
             ]
         # SO(2)/O(2): band-limited Fourier fields and a nonlinearity sampled on a group grid.
@@ -504,7 +504,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         for layer in self.layers.children():
             if isinstance(layer, (enn.GroupPooling, enn.NormPool)):
                 break  # the invariant map: a segmentation needs the fields themselves
-            if isinstance(layer, escnn_pool.SymmetricBlurPool):
+            if isinstance(layer, escnn_layers.SymmetricBlurPool):
                 skips.append(features.tensor)
             features = layer(features)
         return Pyramid(skips, features.tensor, [None] * len(skips))
@@ -516,7 +516,9 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 "restrict_from_stage has no dense form: a decoder would join fields of two groups; "
                 "drop model.backbone.restrict_from_stage for segmentation"
             )
-        pools = [layer for layer in self.layers.children() if isinstance(layer, escnn_pool.SymmetricBlurPool)]
+        pools = [
+            layer for layer in self.layers.children() if isinstance(layer, escnn_layers.SymmetricBlurPool)
+        ]
         field_type = pools[-1].out_type
         gspace = field_type.gspace
         stages = []
@@ -529,14 +531,14 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         return EquivariantDecoder(stages, enn.R2Conv(field_type, scalars, kernel_size=1))
 
     def layer_strides(self) -> dict[str, int]:
-        pools = sum(isinstance(layer, escnn_pool.SymmetricBlurPool) for layer in self.layers.children())
+        pools = sum(isinstance(layer, escnn_layers.SymmetricBlurPool) for layer in self.layers.children())
         return {**{f"stage{i + 1}": 2 ** (i + 1) for i in range(pools)}, "invariant": 2**pools}
 
     def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
         outputs, features = {}, enn.GeometricTensor(self.mask(images), self.in_type)
         for layer in self.layers.children():
             features = layer(features)
-            if isinstance(layer, escnn_pool.SymmetricBlurPool):
+            if isinstance(layer, escnn_layers.SymmetricBlurPool):
                 outputs[f"stage{len(outputs) + 1}"] = features.tensor
         outputs["invariant"] = features.tensor
         return outputs
@@ -562,7 +564,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
     def _layer_types(self) -> dict[str, enn.FieldType]:
         types: dict[str, enn.FieldType] = {}
         for layer in self.layers.children():
-            if isinstance(layer, escnn_pool.SymmetricBlurPool):
+            if isinstance(layer, escnn_layers.SymmetricBlurPool):
                 types[f"stage{len(types) + 1}"] = layer.out_type
         types["invariant"] = list(self.layers.children())[-1].out_type
         return types
@@ -576,7 +578,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         """:meth:`encode` as plain torch modules, in eval mode (for the dense form's export)."""
         model = self._frozen_copy()
         layers = list(model.layers.children())[:-1]  # the invariant pooling is not part of it
-        pools = [i for i, layer in enumerate(layers) if isinstance(layer, escnn_pool.SymmetricBlurPool)]
+        pools = [i for i, layer in enumerate(layers) if isinstance(layer, escnn_layers.SymmetricBlurPool)]
         return ExportedEncoder(model.mask, [_export_layer(layer) for layer in layers], pools).eval()
 
     @property

@@ -1,0 +1,77 @@
+"""symtrain's escnn modules: :func:`~symtrain.backbones.equivariant.symmetric_blur_pool` as a
+module, and a faster ``InnerBatchNorm``.
+
+Kept apart from :mod:`symtrain.backbones.equivariant` because defining them imports escnn,
+which only models that use it should pay for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from escnn import nn as enn
+from kornia.filters.kernels import get_pascal_kernel_2d
+from torch import Tensor, nn
+
+from symtrain.backbones.equivariant import BlurPool, symmetric_blur_pool
+
+
+class SymmetricBlurPool(enn.EquivariantModule):
+    """Anti-aliased stride-2 pooling for any field type.
+
+    Blurring and subsampling act on each channel alike, so they commute with any
+    representation on the channels: this pools regular and Fourier fields the same way,
+    which escnn's pointwise pooling modules cannot.
+
+    Args:
+        in_type: the field type of the features.
+        filter_size: side of the binomial low-pass filter (odd).
+    """
+
+    def __init__(self, in_type: enn.FieldType, filter_size: int = 3) -> None:
+        super().__init__()
+        self.in_type = self.out_type = in_type
+        self.register_buffer("kernel", get_pascal_kernel_2d(filter_size, norm=True))
+
+    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
+        return enn.GeometricTensor(symmetric_blur_pool(input.tensor, self.kernel), self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*input_shape[:2], *((size + 1) // 2 for size in input_shape[2:]))
+
+    def export(self) -> nn.Module:
+        return BlurPool(self.kernel.clone())
+
+
+class InnerBatchNorm(enn.InnerBatchNorm):
+    """escnn's ``InnerBatchNorm`` (same statistics, parameters and state dict), faster when
+    one contiguous group of equal-size fields fills every channel, as in each regular-field
+    layer here. escnn normalises each group into a fresh output tensor (a copy of the whole
+    map); here the batch norm's output is the layer's output. In eval mode it is the
+    per-channel affine map that escnn's export computes, run by the 2-D batch norm kernel
+    (escnn runs a 3-D one over a (B, fields, size, H, W) view, which is slower)."""
+
+    def __init__(self, in_type: enn.FieldType, **kwargs: Any) -> None:
+        super().__init__(in_type, **kwargs)
+        for size, contiguous in self._contiguous.items():  # slice bounds as ints: no device reads
+            if contiguous:
+                self.__dict__[f"indices_{size}"] = tuple(self._buffers[f"indices_{size}"].tolist())
+
+    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
+        x = input.tensor
+        (size, contiguous), *others = self._contiguous.items()  # field size -> contiguous?
+        if others or not contiguous or getattr(self, f"indices_{size}") != (0, x.shape[1]):
+            return super().forward(input)
+        norm = getattr(self, f"batch_norm_[{size}]")
+        if self.training or not norm.track_running_stats:
+            out = norm(x.view(x.shape[0], -1, size, *x.shape[2:])).view_as(x)
+        else:
+
+            def per_channel(values: Tensor | None) -> Tensor | None:
+                return None if values is None else values.repeat_interleave(size)
+
+            mean, var = per_channel(norm.running_mean), per_channel(norm.running_var)
+            weight, bias = per_channel(norm.weight), per_channel(norm.bias)
+            out = F.batch_norm(x, mean, var, weight, bias, False, 0.0, norm.eps)
+        return enn.GeometricTensor(out, self.out_type, input.coords)
