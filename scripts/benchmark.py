@@ -17,7 +17,8 @@ median of the rounds, because a shared machine's absolute speed wanders):
    torchvision v2 pipeline in DataLoader workers.
 4. equivariant layers: an escnn model's training step against a plain CNN with the same
    expanded convolution shapes (target <= 1.3x), and its eval-mode and exported inference
-   (target <= 1.05x).
+   (target <= 1.05x); for Fourier-field models (SO(2), O(2)) also against a plain CNN that
+   has their nonlinearity, the work they do beyond the convolutions by design.
 5. start-up: ``python -m symtrain --help`` (target < 2 s; it imports neither torch nor
    Lightning), ``fit --help`` (LightningCLI's full parser) beside the bare ``import
    lightning.pytorch`` that it cannot avoid, and a one-step ``fit`` of the quickstart.
@@ -87,7 +88,7 @@ class Sizes:
 
 FULL = Sizes(6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None)
 QUICK = Sizes(6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None)
-TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4",), 1, 16)
+TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16)
 
 
 def synchronize(device: torch.device) -> None:
@@ -319,10 +320,12 @@ def torchvision_workers_rate(batch: Tensor, sizes: Sizes) -> float:
 # --- 4: escnn against a plain CNN with the same expanded convolutions ---
 
 
-def plain_twin(exported: nn.Sequential) -> nn.Sequential:
+def plain_twin(exported: nn.Sequential, fourier: bool = False) -> nn.Sequential:
     """A plain CNN with the exported escnn network's convolution shapes: its own conv weights,
     batch norm and ReLU, the same blur pooling; no field bookkeeping and no invariant map (the
-    head pools spatially)."""
+    head pools spatially). ``fourier`` keeps the Fourier fields' nonlinearity (sample each
+    field on a group grid, ReLU, project back) instead of a ReLU: the work that SO(2)/O(2)
+    models do beyond the convolutions by design."""
     layers: list[nn.Module] = []
     for module in exported:
         if isinstance(module, nn.Conv2d):
@@ -331,6 +334,8 @@ def plain_twin(exported: nn.Sequential) -> nn.Sequential:
             )
         elif isinstance(module, nn.BatchNorm2d):  # what escnn's batch norms export to
             layers.append(nn.BatchNorm2d(module.num_features))
+        elif isinstance(module, FourierActivation) and fourier:
+            layers.append(copy.deepcopy(module))
         elif isinstance(module, (nn.ReLU, FourierActivation)):
             layers.append(nn.ReLU(inplace=True))
         elif isinstance(module, BlurPool):
@@ -356,8 +361,16 @@ def compare_with_plain(
         "exported": nn.Sequential(exported, ClassificationHead(backbone.out_channels, 8)).to(device),
         "plain": nn.Sequential(twin, ClassificationHead(twin_channels, 8)).to(device),
     }
+    fourier = any(isinstance(module, FourierActivation) for module in exported)
+    if fourier:
+        nets["plain_fourier"] = nn.Sequential(
+            plain_twin(exported, fourier=True), ClassificationHead(twin_channels, 8)
+        )
+        nets["plain_fourier"].to(device)
     optimizers = {name: torch.optim.AdamW(net.parameters()) for name, net in nets.items()}
-    train_s: dict[str, list[float]] = {"escnn": [], "plain": []}
+    train_s: dict[str, list[float]] = {
+        name: [] for name in ("escnn", "plain", "plain_fourier") if name in nets
+    }
     infer_s: dict[str, list[float]] = {name: [] for name in nets}
     for _ in range(sizes.rounds + 1):  # the first round warms up
         for name in train_s:
@@ -371,12 +384,17 @@ def compare_with_plain(
                 infer_s[name].append(repeat(lambda n=net: n(x), sizes.steps, device))
     train = {name: median(times[1:]) for name, times in train_s.items()}
     infer = {name: median(times[1:]) for name, times in infer_s.items()}
-    return {
+    ratios = {
         "train_ratio": train["escnn"] / train["plain"],
         "eval_infer_ratio": infer["escnn"] / infer["plain"],
         "export_infer_ratio": infer["exported"] / infer["plain"],
         "plain_train_images_per_s": sizes.steps * batch_size / train["plain"],
     }
+    if fourier:  # the same ratios against the twin that has the Fourier nonlinearity too
+        ratios["fourier_train_ratio"] = train["escnn"] / train["plain_fourier"]
+        ratios["fourier_eval_infer_ratio"] = infer["escnn"] / infer["plain_fourier"]
+        ratios["fourier_export_infer_ratio"] = infer["exported"] / infer["plain_fourier"]
+    return ratios
 
 
 def escnn_layers(device: torch.device, sizes: Sizes) -> dict[str, Any]:
@@ -493,6 +511,11 @@ def report(results: dict[str, Any]) -> str:
         row(f"{config}: train step / plain CNN with the same convs", values["train_ratio"], 1.3, False)
         row(f"{config}: eval-mode inference / plain CNN", values["eval_infer_ratio"], 1.05, False)
         row(f"{config}: exported inference / plain CNN", values["export_infer_ratio"], 1.05, False)
+        if "fourier_train_ratio" in values:
+            twin = "plain CNN with the same Fourier nonlinearity"
+            info(f"{config}: train step / {twin}", values["fourier_train_ratio"])
+            info(f"{config}: eval-mode inference / {twin}", values["fourier_eval_infer_ratio"])
+            info(f"{config}: exported inference / {twin}", values["fourier_export_infer_ratio"])
     if "startup_help_s" in results:
         row("start-up: `python -m symtrain --help` (s)", results["startup_help_s"], 2.0, False, "{:.2f}")
         fit_help = results["startup_fit_help_s"]

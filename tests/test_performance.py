@@ -147,6 +147,8 @@ TINY_BACKBONES = {
     ),
     "escnn_c4": partial(EquivariantCNN, group="C", order=4, width=4, depth=2),
     "escnn_d4": partial(EquivariantCNN, group="D", order=4, width=4, depth=2),
+    "escnn_so2": partial(EquivariantCNN, group="SO2", width=4, depth=2),
+    "escnn_o2": partial(EquivariantCNN, group="O2", width=4, depth=2),
 }
 
 
@@ -294,6 +296,51 @@ def test_fast_inner_batch_norm_equals_escnn(regular: bool, monkeypatch: pytest.M
     assert (ours in escnn_ran) is not regular  # the fast path ran on regular fields only
 
 
+@pytest.mark.parametrize("single", [True, False])
+def test_fast_fourier_layers_equal_escnn(single: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """symtrain's IIDBatchNorm2d and FourierPointwise give escnn's outputs, gradients and
+    running statistics on SO(2) Fourier fields; a mix of field types takes escnn's path."""
+    import escnn.gspaces
+    import escnn.nn as enn
+
+    from symtrain.backbones.escnn_layers import FourierPointwise, IIDBatchNorm2d
+
+    escnn_forward, escnn_ran = enn.IIDBatchNorm2d.forward, []
+    monkeypatch.setattr(
+        enn.IIDBatchNorm2d, "forward", lambda self, x: escnn_ran.append(self) or escnn_forward(self, x)
+    )
+    gspace = escnn.gspaces.rot2dOnR2(-1)
+    irreps = gspace.fibergroup.bl_irreps(2)
+    activations = [
+        cls(gspace, 3, irreps, function="p_relu", N=8) for cls in (FourierPointwise, enn.FourierPointwise)
+    ]
+    field_type = activations[0].in_type
+    if not single:
+        field_type = field_type + enn.FieldType(gspace, 2 * [gspace.irrep(1)])
+    ours, theirs = IIDBatchNorm2d(field_type), enn.IIDBatchNorm2d(field_type)
+    with torch.no_grad():
+        for parameter in ours.parameters():
+            parameter.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for mode in ("train", "train", "eval"):
+        ours.train(mode == "train"), theirs.train(mode == "train")
+        x = torch.randn(4, field_type.size, 6, 6, generator=generator) * 2 + 0.5
+        inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        outputs = [
+            norm(enn.GeometricTensor(t, field_type)) for norm, t in zip((ours, theirs), inputs, strict=True)
+        ]
+        if single:
+            outputs = [activation(out) for activation, out in zip(activations, outputs, strict=True)]
+        assert torch.allclose(outputs[0].tensor, outputs[1].tensor, atol=1e-5), mode
+        for out in outputs:
+            out.tensor.square().sum().backward()
+        assert torch.allclose(inputs[0].grad, inputs[1].grad, atol=1e-4), mode
+    for key, value in theirs.state_dict().items():
+        assert torch.allclose(ours.state_dict()[key].float(), value.float()), key
+    assert (ours in escnn_ran) is not single  # the fast path ran on one group of equal fields
+
+
 @pytest.mark.parametrize("ignore_index", [None, -1])
 def test_sync_free_iou_equals_torchmetrics(ignore_index: int | None) -> None:
     generator = torch.Generator().manual_seed(0)
@@ -400,5 +447,6 @@ def test_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     assert set(shares) == {"rot90", "flip", "shift", "rotation", "affine", "elastic"}
     assert all(0 < share < 1 for share in shares.values())
     assert 0 < figures["startup_help_s"] < figures["startup_fit_help_s"] < 300
+    assert 0 < figures["escnn"]["escnn_so2"]["fourier_export_infer_ratio"] < 100  # the Fourier twin
     assert len(figures["scaling"]) == 3 and all(row["epoch_s"] > 0 for row in figures["scaling"])
     assert "| framework overhead" in done.stdout and "| train images |" in done.stdout

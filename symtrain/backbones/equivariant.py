@@ -75,6 +75,14 @@ def split_fields(features: Tensor, field_size: int) -> Tensor:
     return features.view(batch, channels // field_size, field_size, *spatial)
 
 
+def fourier_pointwise(features: Tensor, A: Tensor, Ainv: Tensor, function: Any, field_size: int) -> Tensor:
+    """Sample each Fourier field on a group grid (``A``: grid x field), apply ``function``
+    pointwise, project back (``Ainv``). On (B, fields, size, H*W) both maps are batched matrix
+    products with no transposed copy (escnn's einsums copy the map twice)."""
+    fields = split_fields(features, field_size).flatten(3)
+    return (Ainv @ function(A @ fields)).view(features.shape)
+
+
 class FourierActivation(nn.Module):
     """Plain-torch export of :class:`escnn.nn.FourierPointwise`: sample the fields on a group
     grid, apply the nonlinearity pointwise, and project back (escnn has no export for it)."""
@@ -87,10 +95,7 @@ class FourierActivation(nn.Module):
         self.function = module._function
 
     def forward(self, features: Tensor) -> Tensor:
-        samples = self.function(
-            torch.einsum("bcf...,gf->bcg...", split_fields(features, self.field_size), self.A)
-        )
-        return torch.einsum("bcg...,fg->bcf...", samples, self.Ainv).reshape(features.shape)
+        return fourier_pointwise(features, self.A, self.Ainv, self.function, self.field_size)
 
 
 class NormPool(nn.Module):
@@ -156,10 +161,7 @@ class _EscnnFilters(nn.Module):
         state dicts, device moves and DDP's buffer broadcast are unchanged."""
         for module in self.modules():
             for key, contiguous in getattr(module, "_contiguous", {}).items():
-                names = [f"indices_{key}", f"in_indices_{key}", f"out_indices_{key}"]
-                if isinstance(key, str) and hasattr(module, "_escape_name"):  # IIDBatchNorm2d
-                    names.append(f"{module._escape_name(key)}_indices")
-                for name in names:
+                for name in (f"indices_{key}", f"in_indices_{key}", f"out_indices_{key}"):
                     if contiguous and name in module._buffers:
                         module.__dict__[name] = tuple(module._buffers[name].tolist())
 
@@ -476,10 +478,10 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         grid = {"N": self.grid_size} if gspace.fibergroup.name == "SO(2)" else {"N": self.grid_size // 2}
         probe = enn.FourierPointwise(gspace, 1, irreps, function="p_relu", **grid)
         fields = self._fields(channels, probe.in_type.size, width_rule)
-        activation = enn.FourierPointwise(gspace, fields, irreps, function="p_relu", **grid)
+        activation = escnn_layers.FourierPointwise(gspace, fields, irreps, function="p_relu", **grid)
         return [
             enn.R2Conv(in_type, activation.in_type, kernel_size, padding=kernel_size // 2, bias=False),
-            enn.IIDBatchNorm2d(activation.in_type),
+            escnn_layers.IIDBatchNorm2d(activation.in_type),
             activation,
         ]
 

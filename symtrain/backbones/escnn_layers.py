@@ -1,5 +1,6 @@
 """symtrain's escnn modules: :func:`~symtrain.backbones.equivariant.symmetric_blur_pool` as a
-module, and a faster ``InnerBatchNorm``.
+module, and faster forms of escnn's ``InnerBatchNorm``, ``IIDBatchNorm2d`` and
+``FourierPointwise`` (same parameters, buffers and outputs).
 
 Kept apart from :mod:`symtrain.backbones.equivariant` because defining them imports escnn,
 which only models that use it should pay for.
@@ -14,7 +15,7 @@ from escnn import nn as enn
 from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
-from symtrain.backbones.equivariant import BlurPool, symmetric_blur_pool
+from symtrain.backbones.equivariant import BlurPool, fourier_pointwise, symmetric_blur_pool
 
 
 class SymmetricBlurPool(enn.EquivariantModule):
@@ -75,3 +76,55 @@ class InnerBatchNorm(enn.InnerBatchNorm):
             weight, bias = per_channel(norm.weight), per_channel(norm.bias)
             out = F.batch_norm(x, mean, var, weight, bias, False, 0.0, norm.eps)
         return enn.GeometricTensor(out, self.out_type, input.coords)
+
+
+class FourierPointwise(enn.FourierPointwise):
+    """escnn's ``FourierPointwise`` computed by :func:`fourier_pointwise` (no transposed copies)."""
+
+    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
+        out = fourier_pointwise(input.tensor, self.A, self.Ainv, self._function, self.rho.size)
+        return enn.GeometricTensor(out, self.out_type, input.coords)
+
+
+class IIDBatchNorm2d(enn.IIDBatchNorm2d):
+    """escnn's ``IIDBatchNorm2d`` (same statistics, parameters and state dict) without its two
+    costs when one contiguous group of equal fields fills every channel, as in each Fourier
+    layer here: the copy into a fresh output tensor, and the ``torch.allclose`` assertions on
+    the running statistics at every training step (host syncs)."""
+
+    def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
+        x = input.tensor
+        (name, size), *others = self._sizes
+        bounds = getattr(self, f"{self._escape_name(name)}_indices")  # [start, end] if contiguous
+        if others or not self._contiguous[name] or list(bounds) != [0, x.shape[1]]:
+            return super().forward(input)
+        fields = x.view(x.shape[0], -1, size, *x.shape[2:])  # (B, fields, size, H, W)
+        if self.training:
+            self.num_batches_tracked += 1
+        if self.training or not self.track_running_stats:
+            means, variances = self._estimate_stats(fields, name)
+            if self.training and self.track_running_stats:
+                if self.momentum is None:  # cumulative moving average
+                    factor = 1.0 / self.num_batches_tracked.item()
+                else:
+                    factor = self.momentum
+                running_mean, running_var = self._get_running_stats(name)
+                running_var.mul_(1 - factor).add_(factor * variances)
+                if running_mean is not None:
+                    running_mean.mul_(1 - factor).add_(factor * means)
+        else:
+            means, variances = self._get_running_stats(name)
+
+        def per_field(values: Tensor) -> Tensor:  # (fields, k) -> broadcast over (B, ., ., H, W)
+            return values.view(1, *values.shape, *(1,) * (x.dim() - 2))
+
+        prefix = self._escape_name(name)
+        if means is not None:
+            fields = fields - per_field(means)
+        scales = (getattr(self, f"{prefix}_weight") if self.affine else 1.0) / (variances + self.eps).sqrt()
+        fields = fields * per_field(scales)
+        if self.affine and self._has_trivial[name]:
+            bias = getattr(self, f"{prefix}_bias")
+            change_of_basis = getattr(self, f"{prefix}_change_of_basis")
+            fields = fields + per_field(bias @ change_of_basis.T)
+        return enn.GeometricTensor(fields.view_as(x), self.out_type, input.coords)
