@@ -71,14 +71,23 @@ class SymmetryNet(nn.Module):
         torch.Size([2, 3])
     """
 
-    def __init__(self, normalize: Normalize, backbone: Backbone, num_classes: int) -> None:
+    def __init__(
+        self, normalize: Normalize, backbone: Backbone, num_classes: int, head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
-        self.head = ClassificationHead(backbone.out_channels, num_classes)
+        self.head = ClassificationHead(backbone.out_channels, num_classes) if head is None else head
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(self.normalize(images)))
+
+    def export(self) -> SymmetryNet:
+        """The same network with an escnn backbone as plain torch modules (identical outputs,
+        no escnn at inference), in eval mode; itself when there is nothing to export."""
+        if not hasattr(self.backbone, "export"):
+            return self
+        return SymmetryNet(self.normalize, self.backbone.export(), 0, head=self.head).eval()
 
 
 class SegmentationNet(nn.Module):
@@ -301,11 +310,9 @@ class SymmetryModule(pl.LightningModule):
     def on_predict_start(self) -> None:
         # Backbones that can export themselves (escnn) predict through the plain-torch export:
         # the same outputs without the field-type bookkeeping of every escnn layer.
-        if self.segmentation and hasattr(self.net.backbone, "export_encoder"):
-            self.__dict__["_predictor"] = self.net.export().to(self.device)
-        elif hasattr(self.net.backbone, "export") and not self.segmentation:
-            exported = self.net.backbone.export().to(self.device)
-            self.__dict__["_predictor"] = nn.Sequential(self.net.normalize, exported, self.net.head)
+        exported = self.net.export()
+        if exported is not self.net:
+            self.__dict__["_predictor"] = exported.to(self.device)
 
     def on_predict_end(self) -> None:
         self.__dict__.pop("_predictor", None)

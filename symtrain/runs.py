@@ -285,8 +285,4 @@ def load_model(
     read_checkpoint(checkpoint)  # a bad file ends in one line naming it, not deep in Lightning
     module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)
     net = module.net.eval()
-    if export and module.segmentation:
-        return net.export()
-    if export and hasattr(net.backbone, "export"):
-        net.backbone = net.backbone.export()
-    return net
+    return net.export() if export else net
