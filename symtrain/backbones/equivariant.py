@@ -133,6 +133,20 @@ class DiskMask(nn.Module):
         return disk_mask(images)
 
 
+def read_slice_bounds_on_host(root: nn.Module) -> None:
+    """escnn's batch norm and group/norm pooling keep each contiguous group of fields' channel
+    range as a 2-element index buffer and slice with its elements, which on a GPU reads the
+    device: a host sync for every such layer at every step. The ranges are constants of the
+    field types, so the modules under ``root`` read them as Python ints, shadowing the buffers
+    (``__dict__`` comes before ``nn.Module.__getattr__``); the buffers stay, so state dicts,
+    device moves and DDP's buffer broadcast are unchanged."""
+    for module in root.modules():
+        for key, contiguous in getattr(module, "_contiguous", {}).items():
+            for name in (f"indices_{key}", f"in_indices_{key}", f"out_indices_{key}"):
+                if contiguous and name in module._buffers:
+                    module.__dict__[name] = tuple(module._buffers[name].tolist())
+
+
 def _drop_cached_filters(state: dict[str, Any], prefix: str) -> None:
     for key in [k for k in state if k.startswith(prefix) and k.endswith((".filter", ".expanded_bias"))]:
         del state[key]
@@ -151,19 +165,6 @@ class _EscnnFilters(nn.Module):
         self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._cache_is_not_state())
         self._register_load_state_dict_pre_hook(self._before_load)
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_filters())
-
-    def _read_slice_bounds_on_host(self) -> None:
-        """escnn's batch norm and group/norm pooling keep each contiguous group of fields'
-        channel range as a 2-element index buffer and slice with its elements, which on a GPU
-        reads the device: a host sync for every such layer at every step. The ranges are
-        constants of the field types, so the modules read them as Python ints, shadowing the
-        buffers (``__dict__`` comes before ``nn.Module.__getattr__``); the buffers stay, so
-        state dicts, device moves and DDP's buffer broadcast are unchanged."""
-        for module in self.modules():
-            for key, contiguous in getattr(module, "_contiguous", {}).items():
-                for name in (f"indices_{key}", f"in_indices_{key}", f"out_indices_{key}"):
-                    if contiguous and name in module._buffers:
-                        module.__dict__[name] = tuple(module._buffers[name].tolist())
 
     def _frozen_copy(self) -> _EscnnFilters:
         """A deep copy in eval mode (escnn's filters expanded once), this module left as it was."""
@@ -274,7 +275,7 @@ class EquivariantDecoder(_EscnnFilters, _SymmetricUNetDecoder):
         super().__init__()
         self.stages = nn.ModuleList(nn.ModuleList(stage) for stage in stages)
         self.classifier = classifier
-        self._read_slice_bounds_on_host()
+        read_slice_bounds_on_host(self)
 
     def _stage(self, index: int, features: Tensor) -> Tensor:
         stage = self.stages[index]
@@ -430,7 +431,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         # (Lightning's sync_batchnorm) re-adds every child, which SequentialModule refuses.
         self.layers = nn.ModuleList(layers)
         self.out_channels = layers[-1].out_type.size
-        self._read_slice_bounds_on_host()
+        read_slice_bounds_on_host(self)
 
     def _gspace(self, group: Group) -> gspaces.GSpace2D:
         if group == "C":

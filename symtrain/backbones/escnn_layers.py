@@ -15,7 +15,12 @@ from escnn import nn as enn
 from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
-from symtrain.backbones.equivariant import BlurPool, fourier_pointwise, symmetric_blur_pool
+from symtrain.backbones.equivariant import (
+    BlurPool,
+    fourier_pointwise,
+    read_slice_bounds_on_host,
+    symmetric_blur_pool,
+)
 
 
 class SymmetricBlurPool(enn.EquivariantModule):
@@ -55,9 +60,7 @@ class InnerBatchNorm(enn.InnerBatchNorm):
 
     def __init__(self, in_type: enn.FieldType, **kwargs: Any) -> None:
         super().__init__(in_type, **kwargs)
-        for size, contiguous in self._contiguous.items():  # slice bounds as ints: no device reads
-            if contiguous:
-                self.__dict__[f"indices_{size}"] = tuple(self._buffers[f"indices_{size}"].tolist())
+        read_slice_bounds_on_host(self)  # its forward compares them as ints, built alone too
 
     def forward(self, input: enn.GeometricTensor) -> enn.GeometricTensor:
         x = input.tensor
