@@ -29,9 +29,11 @@ def print_help() -> None:
     ``SUBCOMMAND --help`` shows LightningCLI's full parser."""
     import argparse
 
+    import symtrain  # light: its heavy attributes are imported on use
+
     parser = argparse.ArgumentParser(
         prog="python -m symtrain",
-        description=sys.modules["symtrain"].__doc__.strip().splitlines()[0],
+        description=symtrain.__doc__.strip().splitlines()[0],
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -57,8 +59,6 @@ def run() -> None:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     if sys.argv[1:] in (["-h"], ["--help"]):
-        import symtrain  # noqa: F401  (light: its heavy attributes are imported on use)
-
         print_help()
         return
     from symtrain.compare import COMMANDS, run_command
