@@ -218,3 +218,22 @@ def test_sync_batchnorm_reaches_escnn_inner_batch_norm_but_not_iid() -> None:
     from symtrain.module import _unsyncable_norms
 
     assert any(isinstance(m, _unsyncable_norms()) for m in fourier.modules())
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")  # escnn's own np.matrix
+def test_escnn_solves_kernel_bases_exactly_even_where_scikit_learn_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """escnn takes scikit-learn's randomized SVD whenever it can import it, and recent
+    scikit-learn refuses escnn's np.matrix: building a model switches escnn to scipy's SVD."""
+    import numpy as np
+    from escnn.group import _numerical
+
+    def refuses_matrices(matrix: object, *args: object, **kwargs: object) -> None:
+        raise TypeError("np.matrix is not supported. Please convert to a numpy array with np.asarray.")
+
+    monkeypatch.setattr(_numerical, "randomized_svd", refuses_matrices)
+    EquivariantCNN(in_channels=1, group="D", order=4, width=4, depth=1)
+    assert _numerical.randomized_svd is None
+    null_space = _numerical.null(np.matrix([[1.0, 1.0], [1.0, 1.0]]), use_sparse=False)  # as escnn calls it
+    np.testing.assert_allclose(np.abs(null_space[:, 0]), [2**-0.5, 2**-0.5])

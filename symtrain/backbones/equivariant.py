@@ -41,6 +41,19 @@ else:  # escnn is imported when the first EquivariantCNN is built, not by every 
 Group = Literal["C", "D", "SO2", "O2"]
 
 
+def use_exact_svd_in_escnn() -> None:
+    """Make escnn solve for kernel bases with scipy's exact SVD, its own fallback.
+
+    Whenever scikit-learn is importable, escnn uses scikit-learn's *randomized* SVD instead: an
+    approximation, which recent scikit-learn (1.9 here) refuses outright on the ``np.matrix``
+    escnn passes it (``TypeError: np.matrix is not supported``), so a D_N model could not be
+    built on a machine that merely has scikit-learn installed.
+    """
+    from escnn.group import _numerical
+
+    _numerical.randomized_svd = None
+
+
 def symmetric_blur_pool(features: Tensor, kernel: Tensor) -> Tensor:
     """Low-pass filter, then halve the resolution on a grid symmetric under rot90 and flips.
 
@@ -338,9 +351,11 @@ class EquivariantCNN(_EscnnFilters, Backbone):
     pooling for SO(2)/O(2)). Stage s targets ``width * 2**s`` channels, like StandardCNN;
     ``width_rule`` turns that into a number of fields of size d (d = |G| for regular fields):
 
+    - ``params`` (the default): ``width * 2**s / sqrt(d)`` fields, so the parameter count
+      stays about the same whatever the group (Weiler & Cesa's ``fixparams``): the fair
+      comparison;
     - ``channels``: ``width * 2**s / d`` fields, so feature maps have as many channels as
-      StandardCNN's (and about d times fewer parameters);
-    - ``params``: ``width * 2**s / sqrt(d)`` fields, so the parameter count roughly matches.
+      StandardCNN's (and about d times fewer parameters).
 
     Args:
         in_channels: image channels (linked from the data by the CLI).
@@ -350,7 +365,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         depth: number of stages.
         convs_per_stage: equivariant convolutions per stage.
         kernel_size: odd kernel size of the convolutions.
-        width_rule: ``channels`` or ``params`` (see above).
+        width_rule: ``params`` or ``channels`` (see above).
         max_frequency: band limit of SO2/O2 fields.
         grid_size: group elements sampled by the Fourier nonlinearity of SO2/O2 (for O2 half
             are reflections); rot90 stays exact when the grid holds the quarter turns.
@@ -363,8 +378,8 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         >>> net = EquivariantCNN(in_channels=1, group="C", order=4, width=8, depth=2)
         >>> x = torch.rand(2, 1, 29, 29)
         >>> features = net.eval()(x)
-        >>> features.shape
-        torch.Size([2, 4, 8, 8])
+        >>> features.shape  # 8 C4 fields in the last stage (16 StandardCNN channels / sqrt(4))
+        torch.Size([2, 8, 8, 8])
         >>> rotated = net(torch.rot90(x, 1, dims=(-2, -1)))
         >>> torch.allclose(rotated.mean((-2, -1)), features.mean((-2, -1)), atol=1e-5)
         True
@@ -379,7 +394,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         depth: int = 3,
         convs_per_stage: int = 2,
         kernel_size: int = 5,
-        width_rule: Literal["channels", "params"] = "channels",
+        width_rule: Literal["channels", "params"] = "params",
         max_frequency: int = 3,
         grid_size: int = 16,
         restrict_from_stage: int | None = None,
@@ -387,6 +402,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         disk_mask: bool = False,
     ) -> None:
         super().__init__()
+        use_exact_svd_in_escnn()
         if group in ("C", "D") and order < 1:
             raise SymtrainError(f"model.backbone.order={order}: a C_N or D_N group needs N >= 1")
         if kernel_size % 2 == 0 or blur_size % 2 == 0:
