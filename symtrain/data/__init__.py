@@ -5,13 +5,17 @@ torchvision is imported eagerly: Lightning already imports it, so deferring it s
 """
 
 from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.digits import MNIST5k
 from symtrain.data.folder import ImageFolder
+from symtrain.data.mnist_rot import MNISTRot
 from symtrain.data.synthetic import SyntheticShapes
 from symtrain.data.torchvision_sets import CIFAR10, MNIST, RotatedMNIST
 
 __all__ = [
     "CIFAR10",
     "MNIST",
+    "MNIST5k",
+    "MNISTRot",
     "ImageDataModule",
     "ImageFolder",
     "RotatedMNIST",

@@ -25,6 +25,15 @@ from symtrain.errors import SymtrainError
 
 Orientation = Literal["upright", "rot90", "any"]
 
+
+def check_orientations(train: str, test: str) -> None:
+    """Raise a one-line error naming the choices if either protocol is not an :data:`Orientation`."""
+    choices = ", ".join(get_args(Orientation))
+    for arg, orientation in (("train_orientation", train), ("test_orientation", test)):
+        if orientation not in get_args(Orientation):
+            raise SymtrainError(f"data.{arg} is {orientation!r}: use one of {choices}")
+
+
 # Cell grids, top row first: '#' is a filled cell. L/J and S/Z are chiral pairs.
 SHAPES: dict[str, tuple[str, ...]] = {
     "I": ("####",),
@@ -316,14 +325,7 @@ class SyntheticShapes(ImageDataModule):
                 f"data.classes {names} must name at least one shape, each once: "
                 f"choose from {', '.join(SHAPES)}"
             )
-        for arg, orientation in (
-            ("train_orientation", train_orientation),
-            ("test_orientation", test_orientation),
-        ):
-            if orientation not in get_args(Orientation):
-                raise SymtrainError(
-                    f"data.{arg} is {orientation!r}: use one of {', '.join(get_args(Orientation))}"
-                )
+        check_orientations(train_orientation, test_orientation)
         low, high = scale
         # A shape of this radius must fit inside the image at every angle.
         max_scale = 0.5 / max(shape_radius(name) for name in names)
