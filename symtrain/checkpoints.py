@@ -248,6 +248,8 @@ def check_checkpoint_fits(
             f"checkpoint '{path}' holds no state_dict, so it was not saved by a Lightning trainer: "
             f"{_ANOTHER_CHECKPOINT}"
         )
+    if hasattr(module, "without_stale_state"):  # what the module itself drops on loading
+        state = module.without_stale_state(state)
     saved = _shapes(state)
     wanted = _shapes(module.state_dict())
     missing = [key for key in wanted if key not in saved]

@@ -54,6 +54,7 @@ from symtrain.runs import (
     run_name_prefix,
     to_jsonable,
     wandb_mode,
+    write_atomically,
     write_summary,
 )
 from symtrain.symmetry import SymmetryStrategy
@@ -204,8 +205,11 @@ class SymtrainCLI(LightningCLI):
         )
         if resumed is not None:
             self.run_dir = resumed
-            # The resuming command's config replaces the first one (it may extend max_epochs).
+            # The resuming command's config replaces the first one (it may extend max_epochs);
+            # if the resume fails on a user mistake, the first one is put back.
             self.save_config_kwargs["overwrite"] = True
+            config = resumed / "config.yaml"
+            self._config_before_resume = config.read_text() if config.is_file() else None
         elif rank_zero_only.rank == 0:
             self.run_dir = create_run_dir(root, run_name)
         else:
@@ -392,6 +396,8 @@ class SymtrainCLI(LightningCLI):
             checkpoints = self.run_dir / "checkpoints"
             if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
                 remove_run(self.run_dir)
+            elif getattr(self, "_config_before_resume", None) is not None:
+                write_atomically(self.run_dir / "config.yaml", self._config_before_resume)
             raise
 
     def before_fit(self) -> None:

@@ -31,6 +31,11 @@ from symtrain.symmetry import NoSymmetry, SymmetryStrategy
 
 Task = Literal["classification", "segmentation"]
 
+# State that older versions saved although nothing in it is learned: the Augmentation
+# strategy's kornia pipelines (one per image size, e.g.
+# ``symmetry.pipelines.28x28.RandomRotation_0._param_generator.degrees``). Dropped on loading.
+_STALE_STATE_PREFIXES = ("symmetry.pipelines.",)
+
 
 def _unsyncable_norms() -> tuple[type, ...]:
     # escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
@@ -222,6 +227,34 @@ class SymmetryModule(pl.LightningModule):
         # Kept out of the module tree (no second copy of the weights in state dicts); built in
         # setup, once the model sits on its device.
         self._compiled: nn.Module | None = None
+        # The one-cycle schedule's length as a resumed checkpoint planned it and as this fit does.
+        self._schedule_steps: dict[str, int | None] = {}
+
+    @staticmethod
+    def without_stale_state(state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` (a checkpoint's ``state_dict``) without entries older versions saved that
+        hold nothing learned, so their checkpoints load too."""
+        return {key: value for key, value in state.items() if not key.startswith(_STALE_STATE_PREFIXES)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before load_state_dict, on resuming and in load_from_checkpoint.
+        checkpoint["state_dict"] = self.without_stale_state(checkpoint["state_dict"])
+        planned = [state.get("total_steps") for state in checkpoint.get("lr_schedulers", [])]
+        self._schedule_steps["checkpoint"] = planned[0] if planned else None
+        self._check_schedule_continues()
+
+    def _check_schedule_continues(self) -> None:
+        """A resumed fit must plan the one-cycle schedule it continues: its length is part of the
+        run (torch's OneCycleLR fails mid-training when stepped past it). Checked once both the
+        checkpoint's plan and this fit's are known (Lightning restores before or after it
+        configures the optimiser, depending on the strategy)."""
+        planned, now = self._schedule_steps.get("checkpoint"), self._schedule_steps.get("fit")
+        if planned is not None and now is not None and planned != now:
+            raise SymtrainError(
+                f"the checkpoint continues a one-cycle learning-rate schedule of {planned} steps but this "
+                f"fit plans {now} (another --trainer.max_epochs, batch size or data): resume with the "
+                "settings the run started with, or start a new run"
+            )
 
     @property
     def num_params(self) -> int:
@@ -329,7 +362,10 @@ class SymmetryModule(pl.LightningModule):
         )
         if self.hparams.lr_schedule == "constant":
             return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        self._schedule_steps["fit"] = total_steps
+        self._check_schedule_continues()
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches
+            optimizer, max_lr=self.hparams.lr, total_steps=total_steps
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

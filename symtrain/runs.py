@@ -233,13 +233,17 @@ def to_jsonable(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in sorted(metrics.items())}
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    """Write ``summary.json`` atomically (a reader never sees half a file)."""
-    path = run_dir / "summary.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a reader never sees half a file."""
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text(text)
     partial.replace(path)
     return path
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write ``summary.json`` atomically."""
+    return write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

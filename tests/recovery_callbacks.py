@@ -32,3 +32,15 @@ class PoisonAt(Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(float("nan"))
+
+
+class StopAfter(Callback):
+    """Ends training cleanly after ``epochs`` epochs, as an interruption would: its run has a
+    last checkpoint and epochs left to resume."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kornia.augmentation as K
 from kornia.constants import DataKey, Resample
-from torch import Tensor, nn
+from torch import Tensor
 
 from symtrain.errors import SymtrainError
 from symtrain.symmetry.base import SymmetryStrategy
@@ -41,22 +41,26 @@ class Augmentation(SymmetryStrategy):
         if not 0.0 <= p <= 1.0:
             raise SymtrainError(f"Augmentation p={p} is not a probability: choose a value in [0, 1]")
         self.p = p
-        self.pipelines = nn.ModuleDict()
+        # One pipeline per image size, rebuilt on demand from the families. Kept out of the
+        # module tree: kornia keeps its sampling ranges as buffers, which would otherwise land
+        # in checkpoints under a key per image size seen, and a model reloaded before it saw
+        # that size could not take them back. Nothing here is learned.
+        self._pipelines: dict[tuple[int, int], K.AugmentationSequential] = {}
         # Build one pipeline now so a family kornia cannot sample fails before training starts.
         self.pipeline((32, 32))
 
     def pipeline(self, image_size: tuple[int, int]) -> K.AugmentationSequential:
         """The kornia pipeline for one image size (pixel-valued magnitudes depend on it)."""
-        key = "x".join(map(str, image_size))
-        if key not in self.pipelines:
-            self.pipelines[key] = K.AugmentationSequential(
+        image_size = tuple(image_size)
+        if image_size not in self._pipelines:
+            self._pipelines[image_size] = K.AugmentationSequential(
                 *(family.augmentation(self.p, image_size) for family in self.families),
                 # Masks: nearest neighbour (kornia's default), with the images' grid convention
                 # (align_corners=True, as every family warps); kornia's default leaves it unset
                 # for masks, and the elastic warp then falls back to align_corners=False.
                 extra_args={DataKey.MASK: {"resample": Resample.NEAREST, "align_corners": True}},
             )
-        return self.pipelines[key]
+        return self._pipelines[image_size]
 
     def augment(self, images: Tensor, masks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         height, width = images.shape[-2:]
