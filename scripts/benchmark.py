@@ -24,6 +24,11 @@ median of the rounds, because a shared machine's absolute speed wanders):
    lightning.pytorch`` that it cannot avoid, and a one-step ``fit`` of the quickstart.
 6. scaling: training time per epoch against dataset size and image size (linear in images
    and in pixels: the normalised ratios should be ~1), and peak memory.
+7. cost: a default ``fit`` on real digits (quickstart + ``configs/data/mnist5k.yaml``, wandb
+   offline), process start to exit, split by the run's own ``summary.json`` (``seconds``):
+   start-up, training, validation, equivariance measurements, test, and the rest (loggers,
+   exit); target: training >= 80% of the wall time. And ``compare``'s start-up per cell,
+   forked from the import server against a new interpreter per cell.
 """
 
 from __future__ import annotations
@@ -84,11 +89,17 @@ class Sizes:
     escnn_configs: tuple[str, ...]
     startup_rounds: int
     metrics_samples: int | None  # the metrics' num_samples (None: the default)
+    cost_flags: tuple[str, ...]  # the real-digit fit of the cost section, on top of the defaults
 
 
-FULL = Sizes(6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None)
-QUICK = Sizes(6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None)
-TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16)
+_DIGITS_FIT = ("--trainer.max_epochs", "8")  # the real-digit study's schedule
+_TINY_FIT = (
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+    "--trainer.limit_test_batches", "1", "--metrics.test_num_samples", "16",
+)  # fmt: skip
+FULL = Sizes(6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None, _DIGITS_FIT)
+QUICK = Sizes(6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None, _DIGITS_FIT)
+TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16, _TINY_FIT)
 
 
 def synchronize(device: torch.device) -> None:
@@ -465,6 +476,55 @@ def scaling(root: Path, accelerator: str, device: torch.device, sizes: Sizes) ->
     return {"scaling": rows}
 
 
+# --- 7: what a fit costs beyond training ---
+
+COST_PARTS = ("startup", "sanity", "train", "validate", "measure", "test")
+
+
+def fit_cost(root: Path, accelerator: str, sizes: Sizes) -> dict[str, Any]:
+    """A default fit on real digits, timed from outside, split by the run's own summary."""
+    command = [
+        sys.executable, "-m", "symtrain", "fit", "--config", "configs/quickstart.yaml",
+        "--config", "configs/data/mnist5k.yaml", *sizes.cost_flags, "--trainer.accelerator", accelerator,
+        "--trainer.default_root_dir", str(root / "cost"), "--run.name", "cost", "--run.quiet", "true",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline"}  # the default for a user who is not logged in
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, env=env)
+    total = time.perf_counter() - start
+    seconds = json.loads((root / "cost" / "cost" / "summary.json").read_text())["seconds"]
+    parts = {part: seconds.get(part, 0.0) for part in COST_PARTS}
+    return {"fit_cost": {"total": total, **parts, "other": total - sum(parts.values())}}
+
+
+def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
+    """Start-up of each cell of a two-cell study: forked from the import server, and fresh."""
+    startups = {}
+    for fork in (True, False):
+        study = {
+            "name": f"fork_{fork}".lower(),
+            "base": ["configs/quickstart.yaml", "configs/trainer/debug.yaml"],
+            "backbones": {"cnn": "configs/backbone/cnn.yaml"},
+            "strategies": {
+                "none": "configs/symmetry/none.yaml",
+                "flip": "configs/symmetry/augment_flip.yaml",
+            },
+            "args": ["--data.init_args.num_train=64", "--run.wandb=false", "--run.quiet=true"],
+            "root": str(root / "compare"),
+            "fork": fork,
+        }
+        path = root / f"{study['name']}.yaml"
+        path.write_text(json.dumps(study))
+        command = [sys.executable, "-m", "symtrain", "compare", "--config", str(path)]
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        cells = sorted((root / "compare" / study["name"]).glob("*/summary.json"))
+        startups[fork] = [json.loads(cell.read_text())["seconds"]["startup"] for cell in cells]
+    return {
+        "compare_cell_startup_forked_s": median(startups[True]),
+        "compare_cell_startup_fresh_s": median(startups[False]),
+    }
+
+
 # --- the report ---
 
 
@@ -522,7 +582,21 @@ def report(results: dict[str, Any]) -> str:
         info("`python -m symtrain fit --help`: LightningCLI's full parser (s)", fit_help, "{:.2f}")
         info("(its floor) `import lightning.pytorch` alone (s)", results["import_lightning_s"], "{:.2f}")
         info("one-step quickstart fit, process start to exit (s)", results["first_step_fit_s"], "{:.2f}")
+    if "fit_cost" in results:
+        cost = results["fit_cost"]
+        loop = (cost["train"] + cost["validate"] + cost["sanity"]) / cost["total"]
+        row("real-digit fit: training loop (train + validation) / wall time, start to exit", loop, 0.80, True)
+        info("real-digit fit: training epochs alone / wall time", cost["train"] / cost["total"])
+        forked, fresh = results["compare_cell_startup_forked_s"], results["compare_cell_startup_fresh_s"]
+        info("compare: start-up of a cell forked from the import server (s)", forked, "{:.2f}")
+        info("compare: start-up of a cell in a new interpreter (s)", fresh, "{:.2f}")
     lines.append("")
+    if "fit_cost" in results:
+        cost = results["fit_cost"]
+        shares = ", ".join(
+            f"{part} {cost[part]:.1f} s ({cost[part] / cost['total']:.0%})" for part in (*COST_PARTS, "other")
+        )
+        lines.append(f"real-digit fit, {cost['total']:.1f} s in all: {shares}")
     if "symtrain_images_per_s" in results:
         lines.append(
             f"training: symtrain {results['symtrain_images_per_s']:,.0f} img/s, hand-written "
@@ -550,7 +624,7 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "augmentation", "escnn", "startup", "scaling")
+SECTIONS = ("overhead", "augmentation", "escnn", "startup", "scaling", "cost")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -596,6 +670,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.update(startup(root, accelerator, sizes))
         if "scaling" in args.sections:
             results.update(scaling(root, accelerator, device, sizes))
+        if "cost" in args.sections:
+            results.update(fit_cost(root, accelerator, sizes))
+            results.update(compare_startup(root, sizes))
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -3,6 +3,8 @@
 import os
 import sys
 
+from symtrain.clock import note_process_start
+
 # The subcommands, for the top-level help. fit/validate/test/predict are LightningCLI's (their
 # options come from the classes: ``fit --help``); compare and report are symtrain's own.
 SUBCOMMANDS = {
@@ -51,6 +53,7 @@ def print_help() -> None:
 
 
 def run() -> None:
+    note_process_start()  # before the restart below, so start-up is measured from here
     if "PYTHONHASHSEED" not in os.environ:
         # escnn registers some buffers in set/dict order, which follows the hash seed (escnn
         # issue 103): with a random seed per process, DDP ranks could build different models.

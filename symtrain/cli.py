@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
 from symtrain.backbones import Backbone
 from symtrain.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
+from symtrain.clock import seconds_since_start
 from symtrain.data import ImageDataModule
 from symtrain.errors import SymtrainError
 from symtrain.metrics import EquivarianceMetrics
@@ -58,6 +59,7 @@ from symtrain.runs import (
     write_summary,
 )
 from symtrain.symmetry import SymmetryStrategy
+from symtrain.timings import Timings
 from symtrain.transforms import TransformFamily
 
 # Expected by design, so not worth a user's attention: the model (not the data) moves batches
@@ -231,7 +233,8 @@ class SymtrainCLI(LightningCLI):
         self.preemption = Preemption(checkpoints / "last.ckpt")
         recovery = [RandomState(), self.preemption, NonFiniteLossStop(checkpoints / "last.ckpt")]
         callbacks = trainer_config.get("callbacks") or []
-        kwargs["callbacks"] = [*callbacks, *recovery, best, last]
+        self.timings = Timings()
+        kwargs["callbacks"] = [*callbacks, *recovery, self.timings, best, last]
         if not any(isinstance(p, CheckpointIO) for p in trainer_config.get("plugins") or []):
             kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
         if options.quiet:
@@ -354,14 +357,33 @@ class SymtrainCLI(LightningCLI):
             **self._component_names(),
             "params": self.model.num_params,
             "fit_seconds": getattr(self, "_fit_seconds", None),
+            "seconds": self._seconds(),
             "metrics": to_jsonable(metrics),
             "curves": self._curves(),
             "checkpoints": checkpoints,
         }
 
-    def _curves(self) -> dict[str, dict[str, list[float]]]:
+    def _metrics_callback(self) -> EquivarianceMetrics | None:
         callbacks = [c for c in self.trainer.callbacks if isinstance(c, EquivarianceMetrics)]
-        return callbacks[0].curves if callbacks else {}
+        return callbacks[0] if callbacks else None
+
+    def _curves(self) -> dict[str, dict[str, list[float]]]:
+        metrics = self._metrics_callback()
+        return metrics.curves if metrics else {}
+
+    def _seconds(self) -> dict[str, float]:
+        """Where this process's time went so far: start-up, training, validation and test loops
+        (without the equivariance measurements inside them), and the measurements."""
+        seconds = dict(self.timings.seconds)
+        metrics = self._metrics_callback()
+        measured = dict(metrics.seconds) if metrics else {}
+        for loop, stage in (("validate", "val"), ("test", "test")):
+            if loop in seconds:
+                seconds[loop] -= measured.get(stage, 0.0)
+        seconds["measure"] = sum(measured.values())
+        if (elapsed := seconds_since_start()) is not None:
+            seconds["elapsed"] = elapsed
+        return {part: round(value, 3) for part, value in seconds.items()}
 
     def _log_curves_to_wandb(self) -> None:
         """Accuracy against rotation angle and shift as wandb tables with line plots."""

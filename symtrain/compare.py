@@ -9,6 +9,8 @@ SLURM array job over the same cells). The report is built from the run directori
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shlex
 import shutil
 import signal
@@ -21,6 +23,7 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from symtrain.clock import note_process_start
 from symtrain.errors import SymtrainError
 
 
@@ -38,6 +41,9 @@ class Study:
         exclude: cells to leave out, as ``backbone+strategy`` labels (e.g. ``cnn+architectural``:
             a plain CNN declares no exact invariance).
         root: directory holding the studies.
+        fork: start each cell by forking a server process that imported torch and Lightning
+            once (where the platform can: Linux, macOS); false starts a new interpreter per
+            cell, paying those imports every time. Either way each cell is a fresh process.
     """
 
     name: str
@@ -48,6 +54,7 @@ class Study:
     args: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     root: str = "runs/compare"
+    fork: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ def run_locally(study: Study) -> list[Path]:
             flush=True,
         )
         started = time.perf_counter()
-        code = _run_cell(fit_command(study, cell), logs / f"{cell.run_name}.log")
+        code = _run_cell(fit_command(study, cell), logs / f"{cell.run_name}.log", study.fork)
         if code != 0:
             last = (logs / f"{cell.run_name}.log").read_text(errors="replace").strip().splitlines()[-1:]
             if code == 2:  # a user mistake: every other cell would make it too
@@ -159,26 +166,80 @@ def run_locally(study: Study) -> list[Path]:
     return [study_dir(study) / cell.run_name for cell in todo]
 
 
-def _run_cell(command: list[str], log: Path) -> int:
+def _run_cell(command: list[str], log: Path, fork: bool) -> int:
     stopped_by: list[int] = []
 
     def forward(number: int, frame: object) -> None:
         # A stopped study stops its cell the same way: the cell saves a checkpoint and exits.
         stopped_by.append(number)
-        child.send_signal(number)
+        os.kill(child.pid, number)
 
-    with log.open("a") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            code = child.wait()
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+    child = _start_cell(command, log, fork)
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if stopped_by:
         sys.stderr.write(f"symtrain: compare stopped; run it again to resume (log: {log})\n")
         raise SystemExit(128 + stopped_by[0])
     return code
+
+
+class _ForkedCell:
+    """A cell in a process forked from a server that imported torch and Lightning once
+    (multiprocessing's forkserver): still a fresh process per cell (nothing carries over from
+    one cell to the next, and DDP relaunches the cell's own command), without paying for those
+    imports at every cell. Waits and reports exit codes as :class:`subprocess.Popen` does."""
+
+    def __init__(self, command: list[str], log: Path) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["symtrain.cli"])  # read when the server starts: the first cell
+        args = command[command.index("symtrain") + 1 :]
+        self.process = context.Process(
+            target=_run_in_child, args=(args, str(log), os.getcwd(), dict(os.environ)), name="symtrain-cell"
+        )
+        self.process.start()
+        self.pid = self.process.pid
+
+    def wait(self) -> int:
+        self.process.join()
+        return self.process.exitcode
+
+
+def _run_in_child(args: list[str], log: str, cwd: str, environ: dict[str, str]) -> None:
+    """One ``symtrain`` command in a forked child, as if started from this directory and
+    environment, its output appended to ``log``. Exits as the command would."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    note_process_start(again=True)
+    with open(log, "a") as output:
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+    # The command line, as a fresh process would have it: the CLI reads it, and Lightning's DDP
+    # launcher runs it again (this child's __main__ is the server's, not symtrain's).
+    sys.argv = [str(Path(__file__).with_name("__main__.py")), *args]
+    from symtrain.cli import main
+
+    try:
+        main()
+    finally:
+        if (wandb := sys.modules.get("wandb")) is not None:
+            wandb.teardown()  # a forked child skips the atexit hook that stops wandb's service
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _start_cell(command: list[str], log: Path, fork: bool) -> _ForkedCell | subprocess.Popen:
+    """Start one cell, forked from the import server where asked and the platform has one
+    (Linux, macOS), else as a new interpreter."""
+    forkable = "forkserver" in multiprocessing.get_all_start_methods() and command[1:3] == ["-m", "symtrain"]
+    if fork and forkable:
+        return _ForkedCell(command, log)
+    with log.open("a") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def write_slurm_plan(study: Study) -> Path:

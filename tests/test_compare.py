@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -86,6 +87,21 @@ def test_an_interrupted_matrix_resumes_skipping_finished_cells_and_reports_every
     assert capsys.readouterr().out.count("finished before, skipped") == 4
 
 
+@pytest.mark.parametrize("fork", ["true", "false"])
+def test_a_cell_runs_in_a_fresh_process_forked_or_not_and_logs_there(
+    fork: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tiny_study(tmp_path)
+    only_the_first = "[cnn+augment, blur+none, blur+augment]"
+    main(["compare", "--config", str(study), "--exclude", only_the_first, "--fork", fork])
+    directory = tmp_path / "studies" / "tiny"
+    summary = yaml.safe_load((directory / CELLS[0] / "summary.json").read_text())
+    assert summary["seconds"]["startup"] > 0  # measured from the cell's own start
+    log = (directory / "logs" / f"{CELLS[0]}.log").read_text()
+    assert "no run 'cnn-none-s0'" in log and "LightningCLI's args parameter" not in log
+    assert "[1/1] cnn + none, seed 0: done" in capsys.readouterr().out
+
+
 def test_the_slurm_plan_has_one_array_task_per_cell_with_the_local_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -115,6 +131,13 @@ def test_every_shipped_study_plans_its_cells(
     assert len(lines) == cells * len(spec["seeds"]) > 1  # the whole matrix, less the exclusions
     assert f"{len(lines)} cells: sbatch" in capsys.readouterr().out
     assert all(f"--run.group={directory.name}" in line for line in lines)
+    # Every approach's command parses, with every config it stacks (one seed stands for all).
+    first_seed = f"--seed_everything={spec['seeds'][0]}"
+    for line in [line for line in lines if first_seed in line.split()]:
+        with pytest.raises(SystemExit) as exited:
+            main([*shlex.split(line)[3:], "--print_config"])
+        assert exited.value.code in (0, None), capsys.readouterr().err
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ Values are torchmetrics states, so they are reduced correctly across processes.
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -123,6 +125,8 @@ class EquivarianceMetrics(pl.Callback):
         self.angle_step = angle_step
         self.max_shift = max_shift
         self.curves: dict[str, dict[str, list[float]]] = {}
+        # Wall-clock seconds spent measuring, per stage (``val``, ``test``): what a run pays for them.
+        self.seconds: dict[str, float] = defaultdict(float)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -150,6 +154,7 @@ class EquivarianceMetrics(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, with_curves: bool = False
     ) -> dict[str, float]:
         """Measure every family on ``stage``'s subset, log the values and return them."""
+        started = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
         images, labels, masks = self._subset(trainer, stage, pl_module.device)
@@ -185,6 +190,7 @@ class EquivarianceMetrics(pl.Callback):
         if with_curves:
             self._store_curves(values, stage, "miou" if segmentation else "acc")
         pl_module.train(was_training)
+        self.seconds[stage] += time.perf_counter() - started
         return values
 
     def _measure_batch(
