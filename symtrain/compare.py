@@ -42,8 +42,8 @@ class Study:
             a plain CNN declares no exact invariance).
         root: directory holding the studies.
         fork: start each cell by forking a server process that imported torch and Lightning
-            once (where the platform can: Linux, macOS); false starts a new interpreter per
-            cell, paying those imports every time. Either way each cell is a fresh process.
+            once (on Linux); false starts a new interpreter per cell, paying those imports
+            every time. Either way each cell is a fresh process.
     """
 
     name: str
@@ -233,10 +233,9 @@ def _run_in_child(args: list[str], log: str, cwd: str, environ: dict[str, str]) 
 
 
 def _start_cell(command: list[str], log: Path, fork: bool) -> _ForkedCell | subprocess.Popen:
-    """Start one cell, forked from the import server where asked and the platform has one
-    (Linux, macOS), else as a new interpreter."""
-    forkable = "forkserver" in multiprocessing.get_all_start_methods() and command[1:3] == ["-m", "symtrain"]
-    if fork and forkable:
+    """Start one cell, forked from the import server where asked and the platform forks safely
+    (Linux: macOS's system frameworks do not survive a fork), else as a new interpreter."""
+    if fork and sys.platform == "linux" and command[1:3] == ["-m", "symtrain"]:
         return _ForkedCell(command, log)
     with log.open("a") as output:
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
