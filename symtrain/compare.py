@@ -138,53 +138,83 @@ def run_locally(study: Study) -> list[Path]:
     todo = cells(study)
     logs = study_dir(study) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for index, cell in enumerate(todo, 1):
-        run_dir = study_dir(study) / cell.run_name
-        head = f"[{index}/{len(todo)}] {cell.approach}, seed {cell.seed}"
-        if (run_dir / "summary.json").is_file():
-            print(f"{head}: finished before, skipped", flush=True)
-            continue
-        if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.ckpt")):
-            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
-        print(
-            f"{head}: {'resuming' if run_dir.is_dir() else 'training'} (log: {logs / cell.run_name}.log)",
-            flush=True,
-        )
-        started = time.perf_counter()
-        code = _run_cell(fit_command(study, cell), logs / f"{cell.run_name}.log", study.fork)
-        if code != 0:
-            last = (logs / f"{cell.run_name}.log").read_text(errors="replace").strip().splitlines()[-1:]
-            if code == 2:  # a user mistake: every other cell would make it too
+    with _CellRunner(study.fork) as runner:
+        for index, cell in enumerate(todo, 1):
+            run_dir = study_dir(study) / cell.run_name
+            head = f"[{index}/{len(todo)}] {cell.approach}, seed {cell.seed}"
+            if (run_dir / "summary.json").is_file():
+                print(f"{head}: finished before, skipped", flush=True)
+                continue
+            if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.ckpt")):
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
+            log = logs / f"{cell.run_name}.log"
+            print(f"{head}: {'resuming' if run_dir.is_dir() else 'training'} (log: {log})", flush=True)
+            started = time.perf_counter()
+            code = runner.run(fit_command(study, cell), log)
+            if code != 0:
+                last = log.read_text(errors="replace").strip().splitlines()[-1:]
+                if code == 2:  # a user mistake: every other cell would make it too
+                    raise SymtrainError(
+                        f"cell {cell.run_name}: {last[0] if last else 'failed'}".replace(
+                            "symtrain: error: ", ""
+                        )
+                    )
                 raise SymtrainError(
-                    f"cell {cell.run_name}: {last[0] if last else 'failed'}".replace("symtrain: error: ", "")
+                    f"cell {cell.run_name} failed (exit code {code}): see {log}; "
+                    "run compare again to resume it"
                 )
-            raise SymtrainError(
-                f"cell {cell.run_name} failed (exit code {code}): see {logs / cell.run_name}.log; "
-                "run compare again to resume it"
-            )
-        print(f"{head}: done in {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"{head}: done in {time.perf_counter() - started:.0f} s", flush=True)
     return [study_dir(study) / cell.run_name for cell in todo]
 
 
-def _run_cell(command: list[str], log: Path, fork: bool) -> int:
-    stopped_by: list[int] = []
+class _CellRunner:
+    """Runs cells one at a time. SIGTERM or SIGINT, whenever it comes while the study runs, stops
+    the study: the running cell is stopped the same way (it saves a checkpoint and exits), no
+    further cell starts, and the study exits with 128 + the signal's number."""
 
-    def forward(number: int, frame: object) -> None:
-        # A stopped study stops its cell the same way: the cell saves a checkpoint and exits.
-        stopped_by.append(number)
-        os.kill(child.pid, number)
+    def __init__(self, fork: bool) -> None:
+        self.fork = fork
+        self.child: _ForkedCell | subprocess.Popen | None = None
+        self.stopped_by: int | None = None
+        self.forwarded = False
+        self.log: Path | None = None
 
-    child = _start_cell(command, log, fork)
-    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = child.wait()
-    finally:
-        for number, handler in previous.items():
+    def __enter__(self) -> _CellRunner:
+        self._previous = {
+            number: signal.signal(number, self._stop) for number in (signal.SIGTERM, signal.SIGINT)
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
             signal.signal(number, handler)
-    if stopped_by:
-        sys.stderr.write(f"symtrain: compare stopped; run it again to resume (log: {log})\n")
-        raise SystemExit(128 + stopped_by[0])
-    return code
+
+    def _stop(self, number: int, frame: object) -> None:
+        self.stopped_by = self.stopped_by or number
+        if self.child is not None:
+            self.forwarded = True
+            os.kill(self.child.pid, number)
+
+    def run(self, command: list[str], log: Path) -> int:
+        """Run one cell to its end and return its exit code."""
+        self._exit_if_stopped()
+        self.log = log
+        self.child = _start_cell(command, log, self.fork)
+        try:
+            if self.stopped_by is not None and not self.forwarded:  # stopped while it started
+                self.forwarded = True
+                os.kill(self.child.pid, self.stopped_by)
+            code = self.child.wait()
+        finally:
+            self.child = None
+        self._exit_if_stopped()
+        return code
+
+    def _exit_if_stopped(self) -> None:
+        if self.stopped_by is not None:
+            where = f" (log: {self.log})" if self.log else ""
+            sys.stderr.write(f"symtrain: compare stopped; run it again to resume{where}\n")
+            raise SystemExit(128 + self.stopped_by)
 
 
 class _ForkedCell:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from symtrain.cli import main
+from symtrain.compare import _CellRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -85,6 +86,19 @@ def test_an_interrupted_matrix_resumes_skipping_finished_cells_and_reports_every
 
     main(["compare", "--config", str(study)])  # everything finished: nothing trains again
     assert capsys.readouterr().out.count("finished before, skipped") == 4
+
+
+def test_a_stop_between_cells_stops_the_study_before_the_next_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started, before = tmp_path / "started", signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited, _CellRunner(fork=True) as runner:
+        assert runner.run([sys.executable, "-c", "pass"], tmp_path / "first.log") == 0
+        os.kill(os.getpid(), signal.SIGTERM)  # after one cell, before the next
+        runner.run([sys.executable, "-c", f"open({str(started)!r}, 'w')"], tmp_path / "second.log")
+    assert exited.value.code == 143 and not started.exists()
+    assert "compare stopped; run it again to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before  # the study's handlers are gone
 
 
 @pytest.mark.parametrize("fork", ["true", "false"])
