@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import symtrain  # noqa: E402
-from symtrain.compare import Study, cells, compare_parser, study_dir  # noqa: E402
+from symtrain.compare import cells, parse_study, study_dir  # noqa: E402
 from symtrain.data import MNIST5k  # noqa: E402
 from symtrain.data.digits import orient  # noqa: E402
 
@@ -66,10 +66,7 @@ def main() -> None:
         command = [sys.executable, "-m", "symtrain", "compare", "--config", args.study]
         if subprocess.run(command, cwd=ROOT).returncode != 0:
             sys.exit("symtrain: error: the study did not finish: run this script again to resume it")
-    parsed = compare_parser().parse_args(["--config", args.study]).as_dict()
-    parsed.pop("plan")
-    parsed.pop("config", None)
-    study = Study(**parsed)
+    study, _ = parse_study(["--config", args.study])
     rows = []
     for cell in cells(study):
         run_dir = study_dir(study) / cell.run_name

@@ -329,11 +329,16 @@ def report_parser() -> ArgumentParser:
     return parser
 
 
-def compare_main(args: list[str]) -> None:
+def parse_study(args: list[str]) -> tuple[Study, str]:
+    """The study and the plan (``local`` or ``slurm``) that ``compare`` arguments describe."""
     parsed = _parse(compare_parser(), args)
     plan = parsed.pop("plan")
     parsed.pop("config", None)
-    study = Study(**parsed)
+    return Study(**parsed), plan
+
+
+def compare_main(args: list[str]) -> None:
+    study, plan = parse_study(args)
     _check(study)
     if plan == "slurm":
         script = write_slurm_plan(study)

@@ -45,7 +45,7 @@ def use_exact_svd_in_escnn() -> None:
     """Make escnn solve for kernel bases with scipy's exact SVD, its own fallback.
 
     Whenever scikit-learn is importable, escnn uses scikit-learn's *randomized* SVD instead: an
-    approximation, which recent scikit-learn (1.9 here) refuses outright on the ``np.matrix``
+    approximation, which recent scikit-learn (1.9, for one) refuses outright on the ``np.matrix``
     escnn passes it (``TypeError: np.matrix is not supported``), so a D_N model could not be
     built on a machine that merely has scikit-learn installed.
     """

@@ -82,17 +82,17 @@ def stratified_split(labels: Tensor, fraction: float, generator: torch.Generator
         >>> len(rest), sorted(labels[held].tolist())
         (16, [0, 0, 1, 1])
     """
+
+    def shuffled(index: Tensor) -> Tensor:
+        return index[torch.randperm(len(index), generator=generator)]
+
     rest, held = [], []
     for label in labels.unique():
-        members = (labels == label).nonzero()[:, 0]
-        members = members[torch.randperm(len(members), generator=generator)]
+        members = shuffled((labels == label).nonzero()[:, 0])
         count = round(len(members) * fraction)
         held.append(members[:count])
         rest.append(members[count:])
-    rest, held = torch.cat(rest), torch.cat(held)
-    return rest[torch.randperm(len(rest), generator=generator)], held[
-        torch.randperm(len(held), generator=generator)
-    ]
+    return shuffled(torch.cat(rest)), shuffled(torch.cat(held))
 
 
 class MNIST5k(ImageDataModule):
@@ -167,16 +167,17 @@ class MNIST5k(ImageDataModule):
         self.num_classes = 10
         self.in_channels = 1
         self.class_names = [str(digit) for digit in range(10)]
-        self._images, self._labels = read_digits_csv(path)  # 0.2 s: the statistics need them
-        pixels = pad_to(self._images, image_size).float() / 255
+        images, self._labels = read_digits_csv(path)  # 0.2 s: the statistics need them
+        self._images = pad_to(images, image_size)  # (5000, 1, image_size, image_size)
+        pixels = self._images.float() / 255
         self.mean = (pixels.mean().item(),)
         self.std = (pixels.std().item(),)
 
     def load_splits(self) -> dict[str, Split]:
         generator = torch.Generator().manual_seed(self.seed)
         train, test = stratified_split(self._labels, self.test_fraction, generator)
-        images = pad_to(self._images, self.image_size)
+        images, labels = self._images, self._labels
         return {
-            "train": Split(orient(images[train], self.train_orientation, generator), self._labels[train]),
-            "test": Split(orient(images[test], self.test_orientation, generator), self._labels[test]),
+            "train": Split(orient(images[train], self.train_orientation, generator), labels[train]),
+            "test": Split(orient(images[test], self.test_orientation, generator), labels[test]),
         }
