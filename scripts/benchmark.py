@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from symtrain.backbones import EquivariantCNN  # noqa: E402
 from symtrain.backbones.equivariant import BlurPool, FourierActivation  # noqa: E402
 from symtrain.cli import SymtrainCLI  # noqa: E402
-from symtrain.metrics import EquivarianceMetrics  # noqa: E402
+from symtrain.metrics import EquivarianceMetrics, measures_for  # noqa: E402
 from symtrain.module import ClassificationHead  # noqa: E402
 from symtrain.symmetry import Augmentation  # noqa: E402
 from symtrain.transforms import Affine, Elastic, Flip, Rot90, Rotation, Shift  # noqa: E402
@@ -185,6 +185,7 @@ def fit_round(root: Path, accelerator: str, sizes: Sizes, *overrides: str) -> di
         "metrics_s": sum(metric_seconds),
         "net": untrained,
         "split": cli.datamodule.splits["train"],
+        "splits": cli.datamodule.splits,
         "lr": cli.model.hparams.lr,
         "weight_decay": cli.model.hparams.weight_decay,
         "batch_size": cli.datamodule.batch_size,
@@ -234,6 +235,7 @@ def overhead_and_metrics(
         shares.append(fit["metrics_s"] / fit["epoch_s"])
         epochs.append(fit["epoch_s"])
     return {
+        "measure_epoch_share": measure_costs(fit, device, median(epochs)),
         "symtrain_images_per_s": median(symtrain_rates),
         "hand_written_images_per_s": median(hand_rates),
         "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
@@ -242,6 +244,34 @@ def overhead_and_metrics(
         "metrics_epoch_share": median(shares) / EquivarianceMetrics().every_n_epochs,
         "metrics_measurement_share": median(shares),
     }
+
+
+def measure_costs(fit: dict[str, Any], device: torch.device, epoch_s: float) -> dict[str, float]:
+    """Each measure alone, at default settings (default families, the default subset of its
+    stage), as a share of a training epoch: median of three runs each."""
+    from types import SimpleNamespace
+
+    net = copy.deepcopy(fit["net"]).to(device).eval()
+    trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=SimpleNamespace(splits=fit["splits"]))
+    module = SimpleNamespace(
+        net=net,
+        device=device,
+        training=False,
+        eval=lambda: None,
+        train=lambda mode: None,
+        log=lambda *a, **k: None,
+    )
+    shares = {}
+    for cls in measures_for("classification", None):
+        callback = EquivarianceMetrics(measures=[cls.key])
+        stage = "val" if "val" in cls.stages else "test"
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            callback.measure(trainer, module, stage)
+            seconds.append(time.perf_counter() - start)
+        shares[f"{cls.key} ({stage})"] = median(seconds) / epoch_s
+    return shares
 
 
 # --- 3: augmentation ---
@@ -559,6 +589,8 @@ def report(results: dict[str, Any]) -> str:
         share = results["metrics_epoch_share"]
         row("metrics: callback time per epoch (every 2nd epoch) / training epoch", share, 0.10, False)
         info("metrics: one measurement / training epoch", results["metrics_measurement_share"])
+        for measure, share in results["measure_epoch_share"].items():
+            info(f"metrics: {measure} alone / training epoch", share)
     for family, share in results.get("augmentation_step_share", {}).items():
         row(f"augmentation {family}: share of a training step", share, aug_target, False)
     if "kornia_over_torchvision" in results:

@@ -360,12 +360,19 @@ class SymtrainCLI(LightningCLI):
             "seconds": self._seconds(),
             "metrics": to_jsonable(metrics),
             "curves": self._curves(),
+            "measures": self._measures(),
             "checkpoints": checkpoints,
         }
 
     def _metrics_callback(self) -> EquivarianceMetrics | None:
         callbacks = [c for c in self.trainer.callbacks if isinstance(c, EquivarianceMetrics)]
         return callbacks[0] if callbacks else None
+
+    def _measures(self) -> list[dict[str, Any]]:
+        """What each measure is (title, definition, caption): the report reads them from here."""
+        metrics = self._metrics_callback()
+        task = "segmentation" if getattr(self.model, "segmentation", False) else "classification"
+        return metrics.describe(task) if metrics else []
 
     def _curves(self) -> dict[str, dict[str, list[float]]]:
         metrics = self._metrics_callback()

@@ -9,7 +9,10 @@ elastic) knows how to
 * build the equivalent random kornia augmentation (:meth:`TransformFamily.augmentation`),
   run on the batch's device by the augmentation strategy;
 * say whether its action on the pixel grid is exact (a permutation of pixels: rot90, flips,
-  integer rolls) or interpolated/lossy (everything else).
+  integer rolls) or interpolated/lossy (everything else);
+* say how a measurement sees it (:meth:`TransformFamily.measured`, on the frame of
+  :attr:`TransformFamily.frame`) and which fixed elements it measures
+  (:meth:`TransformFamily.test_elements`).
 
 Backbones declare their symmetries by family ``name``; strategies and metrics take family
 objects. So augmentation, architecture and measurement cannot disagree about a symmetry.
@@ -28,6 +31,47 @@ from torch import Tensor
 from symtrain.errors import SymtrainError
 
 Exactness = Literal["exact", "approximate"]
+Frame = Literal["grid", "disk", "canvas"]
+
+
+def disk_mask(images: Tensor) -> Tensor:
+    """Zero everything outside the disk inscribed in the image (soft one-pixel edge).
+
+    A continuous rotation moves the corners out of the frame; on the disk it only
+    interpolates, so measurements under interpolated actions are taken on masked images.
+
+    Examples:
+        >>> masked = disk_mask(torch.ones(1, 1, 9, 9))
+        >>> masked[0, 0, 4, 4].item(), masked[0, 0, 0, 0].item()
+        (1.0, 0.0)
+    """
+    height, width = images.shape[-2:]
+    y = torch.arange(height, device=images.device, dtype=images.dtype) - (height - 1) / 2
+    x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
+    radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+    return images * (min(height, width) / 2 - radius).clamp(0, 1)
+
+
+def fourier_shift(features: Tensor, dy: float, dx: float) -> Tensor:
+    """Shift a periodic map (..., h, w) by a fraction of a cell: the band-limited (sinc)
+    interpolation of a circular shift, exact for whole cells.
+
+    Hand-written: neither torch nor kornia offers a sub-pixel circular shift. The real part
+    is kept: for even sides the Nyquist component's fractional shift is ambiguous, and the
+    real part takes its cosine, so a real map stays real.
+
+    Examples:
+        >>> x = torch.rand(1, 1, 4, 6)
+        >>> bool(torch.allclose(fourier_shift(x, 1.0, -2.0), x.roll((1, -2), (-2, -1)), atol=1e-6))
+        True
+    """
+    height, width = features.shape[-2:]
+    real = features if features.dtype == torch.float64 else features.float()
+    fy = torch.fft.fftfreq(height, device=features.device, dtype=real.dtype)[:, None]
+    fx = torch.fft.fftfreq(width, device=features.device, dtype=real.dtype)[None, :]
+    phase = -2 * torch.pi * (fy * dy + fx * dx)  # (h, w)
+    ramp = torch.polar(torch.ones_like(phase), phase)
+    return torch.fft.ifft2(torch.fft.fft2(real) * ramp).real.to(features.dtype)
 
 
 class TransformFamily:
@@ -46,6 +90,10 @@ class TransformFamily:
 
     name: ClassVar[str]
     exact: ClassVar[bool]
+    # Where a measurement compares g·x with x: the pixel grid as is (exact families), the
+    # inscribed disk (interpolated warps: the corners leave the frame), or a zero-padded canvas
+    # (zero-fill shifts: nothing leaves it).
+    frame: ClassVar[Frame] = "grid"
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` random elements, shape (n, P), on the CPU."""
@@ -55,24 +103,42 @@ class TransformFamily:
         """Act on ``images`` (B, C, H, W) with one element per sample, ``elements`` (B, P)."""
         raise NotImplementedError
 
-    def test_elements(self, count: int = 3) -> Tensor:
-        """Fixed elements that measurements apply, shape (E, P); seeded, never the identity."""
-        elements = self.sample(4 * count, torch.Generator().manual_seed(0))
+    def test_elements(self) -> Tensor:
+        """The fixed elements that measurements apply, shape (E, P): spread over the family
+        and bounded away from the identity (each family documents its choice). By default
+        four seeded random elements, none the identity."""
+        elements = self.sample(16, torch.Generator().manual_seed(0))
         is_identity = (elements == self.identity()).all(dim=1)
-        return elements[~is_identity][:count]
+        return elements[~is_identity][:4]
 
     def identity(self) -> Tensor:
         """The identity element, shape (P,)."""
         return torch.zeros(self.sample(1, torch.Generator().manual_seed(0)).shape[1])
 
-    def layer_element(self, stride: int) -> Tensor | None:
-        """An element whose action on a feature map of cumulative ``stride`` is exact, (P,),
-        or None when the family has no exact action on feature maps."""
+    def inverse(self, elements: Tensor) -> Tensor | None:
+        """The inverse elements (N, P), or None where the family cannot say."""
+        return None
+
+    def canvas(self, images: Tensor) -> Tensor:
+        """The images on this family's measurement frame, before any element acts: as they are,
+        or zero-padded for families whose action moves content out of the frame."""
+        return images
+
+    def measured(self, images: Tensor, elements: Tensor) -> Tensor:
+        """What a measurement feeds the model for g·x: the action on the family's frame
+        (:attr:`frame`), masked to the inscribed disk once, after the action, for ``disk``. The
+        identity element gives the reference view, so at the identity every error is 0."""
+        moved = self.apply(self.canvas(images), elements)
+        return disk_mask(moved) if self.frame == "disk" else moved
+
+    def layer_elements(self, stride: int) -> Tensor | None:
+        """Elements (E, P) to measure a feature map of cumulative ``stride`` with, or None when
+        the family has no action on feature maps."""
         return None
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         """The spatial part of ``element``'s action on a feature map (B, C, h, w) whose cells are
-        ``stride`` input pixels apart; None where it is not a permutation of cells."""
+        ``stride`` input pixels apart; None where the family has none."""
         return None
 
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
@@ -105,11 +171,15 @@ class Rot90(TransformFamily):
                 out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
         return out
 
-    def test_elements(self, count: int = 3) -> Tensor:
+    def test_elements(self) -> Tensor:
+        """Every element but the identity: 90, 180 and 270 degrees."""
         return torch.tensor([[1.0], [2.0], [3.0]])
 
-    def layer_element(self, stride: int) -> Tensor | None:
-        return torch.tensor([1.0])
+    def inverse(self, elements: Tensor) -> Tensor:
+        return (-elements) % 4
+
+    def layer_elements(self, stride: int) -> Tensor | None:
+        return torch.tensor([[1.0]])
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return torch.rot90(features, int(element[0]) % 4, dims=(-2, -1))
@@ -141,11 +211,15 @@ class Flip(TransformFamily):
         flipped = elements[:, 0].to(images.device).round().bool().view(-1, *([1] * (images.dim() - 1)))
         return torch.where(flipped, images.flip(dim), images)
 
-    def test_elements(self, count: int = 3) -> Tensor:
+    def test_elements(self) -> Tensor:
+        """The one element that is not the identity: the mirror image."""
         return torch.tensor([[1.0]])
 
-    def layer_element(self, stride: int) -> Tensor | None:
-        return torch.tensor([1.0])
+    def inverse(self, elements: Tensor) -> Tensor:
+        return elements
+
+    def layer_elements(self, stride: int) -> Tensor | None:
+        return torch.tensor([[1.0]])
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return self.apply(features, element.view(1, -1).expand(len(features), -1))
@@ -157,13 +231,33 @@ class Flip(TransformFamily):
 
 
 def _integer_shifts(n: int, max_pixels: int, generator: torch.Generator | None) -> Tensor:
-    return torch.randint(-max_pixels, max_pixels + 1, (n, 2), generator=generator).float()
+    # Uniform in [-m, m)^2, the offsets of Zhang 2019's and Chaman & Dokmanic's consistency.
+    return torch.randint(-max_pixels, max_pixels, (n, 2), generator=generator).float()
+
+
+def _spread_shifts(max_pixels: int) -> Tensor:
+    """The quarter turns of (a, b), a and b the largest odd shifts up to m/2 and m: four
+    elements pointing four ways, at least |(1, 1)| from the identity, and odd, so that no
+    element is a whole cell of any stride-2 downsampling.
+
+    Examples:
+        >>> _spread_shifts(8).tolist()
+        [[3.0, 7.0], [7.0, -3.0], [-3.0, -7.0], [-7.0, 3.0]]
+    """
+    b = max(1, max_pixels if max_pixels % 2 else max_pixels - 1)
+    a = max(1, max_pixels // 2 if (max_pixels // 2) % 2 else max_pixels // 2 - 1)
+    return torch.tensor([[a, b], [b, -a], [-a, -b], [-b, a]], dtype=torch.float32)
 
 
 class CircularShift(TransformFamily):
     """Circular (wrap-around) integer translations: exact, a permutation of pixels.
 
-    Element: (dy, dx) in pixels.
+    Element: (dy, dx) in pixels. Random elements are uniform in [-m, m)^2; the test elements
+    are the quarter turns of (a, b), a and b the largest odd shifts up to m/2 and m ((3, 7),
+    (7, -3), (-3, -7), (-7, 3) for m = 8). On a feature map of cumulative stride s, a shift by
+    a fraction of a cell acts as the band-limited (Fourier) fractional shift, the only action
+    that a shift-equivariant, alias-free layer commutes with; layers are measured under the
+    sub-cell shifts (t, t), t in {1, s/2, s-1}.
 
     Args:
         max_pixels: largest absolute shift along each axis.
@@ -178,6 +272,12 @@ class CircularShift(TransformFamily):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return _integer_shifts(n, self.max_pixels, generator)
 
+    def test_elements(self) -> Tensor:
+        return _spread_shifts(self.max_pixels)
+
+    def inverse(self, elements: Tensor) -> Tensor:
+        return -elements
+
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         # torch.roll takes one shift per call; group the batch by distinct shifts.
         shifts = elements.to(images.device).round().long()
@@ -187,14 +287,17 @@ class CircularShift(TransformFamily):
             out[chosen] = torch.roll(images[chosen], (int(shift[0]), int(shift[1])), dims=(-2, -1))
         return out
 
-    def layer_element(self, stride: int) -> Tensor | None:
-        return torch.tensor([float(stride), float(stride)])
+    def layer_elements(self, stride: int) -> Tensor | None:
+        # Sub-cell diagonal shifts: one pixel, half a cell and a cell less one pixel (every
+        # one of them up to stride 4), so a deep backbone costs three passes per layer at most.
+        steps = torch.tensor(sorted({1, max(stride // 2, 1), max(stride - 1, 1)}), dtype=torch.float32)
+        return torch.stack([steps, steps], dim=1)  # (E, 2)
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         dy, dx = (int(v) for v in element.round())
-        if dy % stride or dx % stride:
-            return None  # a shift by a fraction of a cell has no exact action on the map
-        return torch.roll(features, (dy // stride, dx // stride), dims=(-2, -1))
+        if dy % stride == 0 and dx % stride == 0:
+            return torch.roll(features, (dy // stride, dx // stride), dims=(-2, -1))
+        return fourier_shift(features, dy / stride, dx / stride)
 
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
         raise SymtrainError(
@@ -206,7 +309,10 @@ class CircularShift(TransformFamily):
 class Shift(TransformFamily):
     """Integer translations with zero fill: content leaving the frame is lost.
 
-    Element: (dy, dx) in pixels.
+    Element: (dy, dx) in pixels; random elements uniform in [-m, m)^2, test elements the
+    quarter turns of (a, b) as for :class:`CircularShift`. Measurements take place on a
+    canvas zero-padded by m on every side (``frame = "canvas"``), so that no shift of the
+    family moves content out of it and only the model's response is measured.
 
     Args:
         max_pixels: largest absolute shift along each axis.
@@ -214,12 +320,22 @@ class Shift(TransformFamily):
 
     name = "shift"
     exact = False
+    frame = "canvas"
 
     def __init__(self, max_pixels: int = 4) -> None:
         self.max_pixels = max_pixels
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return _integer_shifts(n, self.max_pixels, generator)
+
+    def test_elements(self) -> Tensor:
+        return _spread_shifts(self.max_pixels)
+
+    def inverse(self, elements: Tensor) -> Tensor:
+        return -elements
+
+    def canvas(self, images: Tensor) -> Tensor:
+        return torch.nn.functional.pad(images, [self.max_pixels] * 4)
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         matrix = torch.zeros(elements.shape[0], 2, 3, dtype=images.dtype, device=images.device)
@@ -239,8 +355,11 @@ class Shift(TransformFamily):
 class Rotation(TransformFamily):
     """Continuous rotations about the image centre (SO(2)), bilinear, zero fill.
 
-    Interpolated: only multiples of 90 degrees are exact on a pixel grid.
-    Element: the angle in degrees, counter-clockwise.
+    Interpolated: only multiples of 90 degrees are exact on a pixel grid, so measurements
+    take place on the inscribed disk (``frame = "disk"``), where a rotation only interpolates.
+    Element: the angle in degrees, counter-clockwise. The test elements are evenly spread over
+    [-d, d], none nearer the identity than d / 4: -d + (k + 1/2) d / 2, k = 0..3 (-135, -45,
+    45 and 135 degrees for the full circle, the angles that interpolate most).
 
     Args:
         degrees: angles are drawn uniformly from [-degrees, degrees]; 180 covers the circle.
@@ -248,12 +367,19 @@ class Rotation(TransformFamily):
 
     name = "rotation"
     exact = False
+    frame = "disk"
 
     def __init__(self, degrees: float = 180.0) -> None:
         self.degrees = degrees
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return (torch.rand(n, 1, generator=generator) * 2 - 1) * self.degrees
+
+    def test_elements(self) -> Tensor:
+        return (-self.degrees + (torch.arange(4.0) + 0.5) * self.degrees / 2)[:, None]
+
+    def inverse(self, elements: Tensor) -> Tensor:
+        return -elements
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         # align_corners=True matches kornia's RandomRotation, so a measured element is the
@@ -278,6 +404,7 @@ class Affine(TransformFamily):
 
     name = "affine"
     exact = False
+    frame = "disk"
 
     def __init__(
         self,
@@ -307,6 +434,15 @@ class Affine(TransformFamily):
 
     def identity(self) -> Tensor:
         return torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+
+    def test_elements(self) -> Tensor:
+        """Four corners of the parameter box, every parameter at an end of its range and each
+        sign pattern once: as far from the identity as the family reaches."""
+        low, high = self.scale
+        d, t, s = self.degrees, self.max_pixels, self.shear
+        return torch.tensor(
+            [[d, t, -t, high, s], [-d, -t, t, low, -s], [d, -t, -t, low, -s], [-d, t, t, high, s]]
+        )
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         height, width = images.shape[-2:]
@@ -344,7 +480,7 @@ class Elastic(TransformFamily):
     """Small smooth random deformations (Simard et al. 2003): not a group, only approximate.
 
     Element: a seed per sample, from which a gaussian-smoothed displacement field is drawn,
-    so a measurement can re-apply the same deformation.
+    so a measurement can re-apply the same deformation; -1 is the identity (no deformation).
 
     Args:
         alpha: displacement scale (in units of half the image size, kornia's convention).
@@ -354,6 +490,7 @@ class Elastic(TransformFamily):
 
     name = "elastic"
     exact = False
+    frame = "disk"
 
     def __init__(self, alpha: float = 1.0, sigma: float = 4.0, kernel_size: int = 15) -> None:
         self.alpha = alpha
@@ -361,14 +498,22 @@ class Elastic(TransformFamily):
         self.kernel_size = kernel_size
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randint(0, 2**31 - 1, (n, 1), generator=generator).float()
+        return torch.randint(0, 2**24, (n, 1), generator=generator).float()  # exact in float32
+
+    def identity(self) -> Tensor:
+        return torch.tensor([-1.0])
 
     def apply(self, images: Tensor, elements: Tensor) -> Tensor:
         batch, _, height, width = images.shape
+        seeds = elements[:, 0].long().tolist()
         noise = torch.empty(batch, 2, height, width)
-        for i, seed in enumerate(elements[:, 0].long().tolist()):
-            noise[i] = torch.rand(2, height, width, generator=torch.Generator().manual_seed(seed))
+        for i, seed in enumerate(seeds):
+            noise[i] = torch.rand(2, height, width, generator=torch.Generator().manual_seed(max(seed, 0)))
         noise = (noise * 2 - 1).to(images)
+        kept = torch.tensor([seed < 0 for seed in seeds], device=images.device).view(-1, 1, 1, 1)
+        return torch.where(kept, images, self._deform(images, noise))
+
+    def _deform(self, images: Tensor, noise: Tensor) -> Tensor:
         return elastic_transform2d(
             images,
             noise,

@@ -172,7 +172,10 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     measures = ("invariance_error", "consistency", "acc")
     equiv = {f"test/equiv/{family}/{measure}" for family in families for measure in measures}
     assert equiv <= set(summary["metrics"])
-    assert {"test/equiv/rot90/layer/stage1", "test/equiv/rotation/error_floor"} <= set(summary["metrics"])
+    assert {"test/equiv/rot90/layer/stage1", "test/equiv/rotation/round_trip_error"} <= set(
+        summary["metrics"]
+    )
+    assert [m["key"] for m in summary["measures"]][:2] == ["acc", "invariance_error"]  # what the report reads
     assert len(summary["curves"]["test/rotation"]["angle"]) == 24
     csv_columns = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert equiv <= set(csv_columns)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -11,9 +11,22 @@ from torch import Tensor, nn
 
 from symtrain.backbones import AntialiasedCNN, Backbone, EquivariantCNN, StandardCNN
 from symtrain.data import Split, SyntheticShapes
-from symtrain.metrics import EquivarianceMetrics, radial_profile, relative_error
+from symtrain.errors import SymtrainError
+from symtrain.metrics import EquivarianceMetrics, Measure
+from symtrain.metrics.functional import SpreadRelativeError, centred, visible_region
+from symtrain.metrics.subset import stratified_subset
 from symtrain.module import Normalize, SymmetryNet
-from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift
+from symtrain.transforms import (
+    Affine,
+    CircularShift,
+    Elastic,
+    Flip,
+    Rot90,
+    Rotation,
+    Shift,
+    TransformFamily,
+    disk_mask,
+)
 
 
 class LeftRight(Backbone):
@@ -28,12 +41,14 @@ class LeftRight(Backbone):
 
 
 class GlobalMean(Backbone):
-    """The mean intensity: invariant to every exact family."""
+    """The mean intensity and its square: invariant to every exact family, and to shifts on a
+    canvas that nothing leaves."""
 
-    out_channels = 1
+    out_channels = 2
 
     def forward(self, images: Tensor) -> Tensor:
-        return images.mean((1, 2, 3))[:, None, None, None]
+        mean = images.mean((1, 2, 3))
+        return torch.stack([mean, mean**2], dim=1)[..., None, None]
 
 
 class Identity(nn.Module):
@@ -49,7 +64,7 @@ def plain_net(backbone: Backbone) -> SymmetryNet:
 
 
 def measure(
-    net: nn.Module, split: Split, callback: EquivarianceMetrics, with_curves: bool = False, **module: object
+    net: nn.Module, split: Split, callback: EquivarianceMetrics, **module: object
 ) -> dict[str, float]:
     """Run the callback's measurement on one split, with just enough of a trainer and a module
     (``module`` adds attributes, e.g. ``segmentation=True``)."""
@@ -64,7 +79,7 @@ def measure(
         log=lambda name, value, **kwargs: logged.setdefault(name, value),
         **module,
     )
-    values = callback.measure(trainer, module, "test", with_curves=with_curves)
+    values = callback.measure(trainer, module, "test")
     assert {k: v for k, v in values.items() if "/curve/" not in k} == logged
     return values
 
@@ -81,80 +96,245 @@ def shapes_split(count: int = 64, size: int = 32) -> Split:
     return data.splits["test"]
 
 
-def test_relative_error_and_radial_profile_basics() -> None:
-    x = torch.rand(3, 5)
-    assert torch.equal(relative_error(x, x), torch.zeros(3))
-    assert relative_error(2 * x, x).allclose(torch.ones(3))
-    images = torch.rand(2, 1, 17, 17)
-    assert torch.allclose(radial_profile(images), radial_profile(images.flip(-1)))
+def cnn(backbone: Backbone, classes: int = 8) -> SymmetryNet:
+    torch.manual_seed(0)
+    return SymmetryNet(Normalize([0.1], [0.25]), backbone, classes).eval()
 
 
-def test_an_invariant_function_has_zero_error_and_full_consistency() -> None:
-    families = [Rot90(), Flip(), CircularShift(4)]
+def spread_error(moved: list[Tensor], reference: Tensor) -> float:
+    """The formula, written out: mean over images and elements of the squared distance of the
+    centred logits, over the mean squared distance between two different images' centred logits."""
+    a = centred(reference.double())
+    pairs = [(a[i] - a[j]).pow(2).sum() for i in range(len(a)) for j in range(len(a)) if i != j]
+    numerator = torch.stack([(centred(m.double()) - a).pow(2).sum(1) for m in moved]).mean()
+    return (numerator / torch.stack(pairs).mean()).item()
+
+
+class AtIdentity(TransformFamily):
+    """A family whose test and random elements are all the identity: every measure's known answer."""
+
+    def __init__(self, family: TransformFamily) -> None:
+        self.family = family
+        self.name, self.exact, self.frame = family.name, family.exact, family.frame
+
+    def identities(self, n: int) -> Tensor:
+        return self.family.identity().expand(n, -1).clone()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.identities(n)
+
+    def test_elements(self) -> Tensor:
+        return self.identities(2)
+
+    def layer_elements(self, stride: int) -> Tensor | None:
+        found = self.family.layer_elements(stride)
+        return None if found is None else self.identities(1)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.family, name)
+
+    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
+        return self.family.apply(images, elements)
+
+    def canvas(self, images: Tensor) -> Tensor:
+        return self.family.canvas(images)
+
+    def inverse(self, elements: Tensor) -> Tensor | None:
+        return self.family.inverse(elements)
+
+    def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
+        return self.family.act_on_features(features, element, stride)
+
+
+ALL_FAMILIES = [Rot90(), Flip(), CircularShift(4), Shift(3), Rotation(), Affine(), Elastic()]
+BACKBONES = {
+    "cnn": lambda: StandardCNN(1, width=4, depth=2),
+    "blur": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="blur"),
+    "aps": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="aps"),
+    "c4": lambda: EquivariantCNN(1, "C", 4, width=2, depth=2),
+    "d4": lambda: EquivariantCNN(1, "D", 4, width=2, depth=2),
+}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_measure_gives_the_known_answer_at_the_identity(backbone: str) -> None:
+    """Every family, every backbone, every measure: at the identity element nothing moves."""
+    families = [AtIdentity(family) for family in ALL_FAMILIES]
     values = measure(
-        plain_net(GlobalMean()), random_split(), EquivarianceMetrics(families, layerwise=False, angle_step=0)
+        cnn(BACKBONES[backbone]()), shapes_split(8, 17), EquivarianceMetrics(families, angle_step=0)
     )
-    for family in ("rot90", "flip", "circular_shift"):
-        assert values[f"test/equiv/{family}/invariance_error"] == pytest.approx(0.0, abs=1e-6)
-        assert values[f"test/equiv/{family}/consistency"] == 1.0
+    errors = {k: v for k, v in values.items() if k.endswith("_error") or "/layer/" in k}
+    assert {f"test/equiv/{f.name}/invariance_error" for f in families} <= set(errors)
+    assert "test/equiv/rotation/round_trip_error" in errors
+    assert any("/layer/" in k for k in errors)
+    assert max(errors.values()) < 1e-12, {k: v for k, v in errors.items() if v}  # escnn: float rounding
+    consistency = {k: v for k, v in values.items() if k.endswith("/consistency")}
+    assert len(consistency) == len(families) and min(consistency.values()) == 1.0
 
 
-def test_a_known_response_gives_the_known_value() -> None:
-    """Flipping swaps the two half-means (a, b) -> (b, a): error sqrt(2)|a - b| / sqrt(a^2 + b^2)."""
-    split = random_split()
+def test_shifts_are_measured_on_a_canvas_that_nothing_leaves() -> None:
+    """The mean intensity is invariant to lossless shifts; on the disk (or cropped by the frame)
+    it is not. The curve uses the same canvas."""
+    split = random_split(count=16, size=15)
+    callback = EquivarianceMetrics(
+        [Shift(4)], measures=["invariance_error", "curve"], angle_step=0, max_shift=4
+    )
+    values = measure(plain_net(GlobalMean()), split, callback)
+    assert values["test/equiv/shift/invariance_error"] < 1e-10
+    accuracy = callback.curves["test/shift"]["acc"]
+    assert len(accuracy) == 5 and len(set(accuracy)) == 1, accuracy
+
+
+def test_the_subset_is_stratified_seeded_and_the_same_every_time() -> None:
+    labels = torch.arange(10).repeat_interleave(50)  # class-sorted, like an image folder
+    chosen = stratified_subset(labels, 40)
+    assert torch.equal(labels[chosen].bincount(), torch.full((10,), 4))
+    assert torch.equal(chosen, stratified_subset(labels, 40))
+    assert not torch.equal(chosen.sort().values, torch.arange(40))
+    # and through the callback: a class-sorted split is measured on every class
+    split = Split(torch.zeros(500, 1, 8, 8, dtype=torch.uint8), labels)
+    callback = EquivarianceMetrics(test_num_samples=20)
+    trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=SimpleNamespace(splits={"test": split}))
+    _, targets, _, _ = callback._subset(trainer, "test", torch.device("cpu"), segmentation=False)
+    assert torch.equal(targets.bincount(), torch.full((10,), 2))
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES, ids=lambda f: f.name)
+def test_test_elements_are_spread_and_away_from_the_identity(family: TransformFamily) -> None:
+    elements = family.test_elements()
+    identity = family.identity()
+    assert not (elements == identity).all(dim=1).any()
+    if family.name == "rotation":  # the full circle: four angles, 90 degrees apart, none within 45 of 0
+        assert sorted(elements[:, 0].tolist()) == [-135.0, -45.0, 45.0, 135.0]
+    if family.name in ("shift", "circular_shift"):  # four directions, odd: never a whole stride-2 cell
+        assert len(elements) == 4 and (elements % 2 == 1).all()
+        assert torch.equal(elements.sum(0), torch.zeros(2))
+    if family.name == "rot90":
+        assert elements[:, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_invariance_error_is_the_published_formula_and_ignores_offsets() -> None:
+    """Against the formula written out, on a tiny CNN; a constant added to every logit, or a
+    scale, changes nothing; an image whose logits are all but zero does not dominate."""
+    net = cnn(StandardCNN(1, width=4, depth=2), classes=3)
+    split = shapes_split(12, 17)
+    callback = EquivarianceMetrics([Rot90()], measures=["invariance_error"])
+    value = measure(net, split, callback)["test/equiv/rot90/invariance_error"]
     images = split.images.float() / 255
-    half = images.shape[-1] // 2
-    a, b = images[..., :half].mean((1, 2, 3)), images[..., half:].mean((1, 2, 3))
-    expected = (math.sqrt(2) * (a - b).abs() / torch.sqrt(a**2 + b**2)).mean().item()
-    swapped_agree = ((a > b) == (b > a)).float().mean().item()  # argmax changes iff a != b
-    values = measure(
-        plain_net(LeftRight()), split, EquivarianceMetrics([Flip()], layerwise=False, angle_step=0)
+    images = images[stratified_subset(split.labels, 12)]
+    with torch.no_grad():
+        moved = [net(images.rot90(k, (-2, -1))) for k in (1, 2, 3)]
+        expected = spread_error(moved, net(images))
+    assert value == pytest.approx(expected, rel=1e-6)
+
+    shifted = copy.deepcopy(net)  # logits 3 f(x) + 10: the same predictions
+    shifted.head.fc.weight.data *= 3.0
+    shifted.head.fc.bias.data = 3.0 * shifted.head.fc.bias.data + 10.0
+    assert measure(shifted, split, callback)["test/equiv/rot90/invariance_error"] == pytest.approx(
+        value, rel=1e-5
     )
-    assert values["test/equiv/flip/invariance_error"] == pytest.approx(expected, rel=1e-5)
-    assert values["test/equiv/flip/consistency"] == pytest.approx(swapped_agree)
+    # one image with (near) zero logits: the ratio of means does not explode
+    metric = SpreadRelativeError()
+    reference = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1e-9, 0.0]])
+    metric.update_reference(reference)
+    metric.update(reference + torch.tensor([[0.0, 0.0], [0.0, 0.0], [1e-3, 0.0]]), reference)
+    assert metric.compute().item() < 1e-5
+
+
+def test_consistency_is_random_pairs_of_elements_per_image() -> None:
+    """Zhang 2019 / APS: two independent random elements per image; the flip of a left-right
+    response agrees exactly when the two draws are equal (or the halves tie)."""
+    split = random_split(count=32)
+    callback = EquivarianceMetrics([Flip()], measures=["consistency"], draws=3, seed=5)
+    value = measure(plain_net(LeftRight()), split, callback)["test/equiv/flip/consistency"]
+    agree = []
+    for draw in range(3):  # the draws are numbered: an image's elements do not depend on batching
+        first = Flip().sample(32, torch.Generator().manual_seed(5 * 1_000_003 + 2 * draw))
+        second = Flip().sample(32, torch.Generator().manual_seed(5 * 1_000_003 + 2 * draw + 1))
+        agree.append((first == second).float()[:, 0])
+    assert value == pytest.approx(torch.cat(agree).mean().item())
+    assert 0.2 < value < 0.8
+
+
+def test_the_round_trip_is_what_interpolation_costs_and_no_floor_is_left() -> None:
+    net = cnn(StandardCNN(1, width=4, depth=2), classes=3)
+    split = shapes_split(12, 17)
+    callback = EquivarianceMetrics([Rotation()], measures=["invariance_error", "round_trip_error"])
+    values = measure(net, split, callback)
+    assert not any("floor" in k for k in values)
+    images = (split.images.float() / 255)[stratified_subset(split.labels, 12)]
+    rotation = Rotation()
+    with torch.no_grad():
+        back = []
+        for angle in rotation.test_elements()[:, 0].tolist():
+            there = rotation.apply(images, torch.full((12, 1), angle))
+            back.append(net(disk_mask(rotation.apply(there, torch.full((12, 1), -angle)))))
+        expected = spread_error(back, net(disk_mask(images)))
+    assert values["test/equiv/rotation/round_trip_error"] == pytest.approx(expected, rel=1e-6)
+    assert (
+        values["test/equiv/rotation/round_trip_error"] > 0
+    )  # a bilinear warp there and back is not lossless
+
+
+def test_layerwise_shift_error_sees_aliasing_blur_below_max_at_every_strided_layer() -> None:
+    torch.manual_seed(0)
+    max_backbone = AntialiasedCNN(1, width=8, depth=3, downsample="max", circular=True)
+    blur_backbone = AntialiasedCNN(1, width=8, depth=3, downsample="blur", circular=True)
+    blur_backbone.load_state_dict(max_backbone.state_dict())  # the same weights, only the pooling differs
+    callback = EquivarianceMetrics([CircularShift()], measures=["layer"])
+    split = shapes_split(16)
+    layers = {}
+    for name, backbone in (("max", max_backbone), ("blur", blur_backbone)):
+        layers[name] = measure(SymmetryNet(Normalize([0.1], [0.25]), backbone, 8).eval(), split, callback)
+    assert set(layers["max"]) == {f"test/equiv/circular_shift/layer/stage{i}" for i in (1, 2, 3)}
+    for key, value in layers["max"].items():
+        assert layers["blur"][key] < value, (key, layers)
+    assert min(layers["max"].values()) > 0.01  # a max-pooled map does not follow a one-pixel shift
+
+
+def test_the_visible_region_is_seen_by_both_views() -> None:
+    """Every pixel counted holds content in the moved view too (the moved disk, not the moved frame)."""
+    images = torch.zeros(1, 1, 21, 21)
+    family = Affine(degrees=0.0, max_pixels=4.0, scale=(1.0, 1.0), shear=0.0)
+    elements = torch.tensor([[0.0, 0.0, 4.0, 1.0, 0.0]])  # 4 pixels to the right
+    seen = visible_region(family, elements, images)[0, 0]
+    disk = disk_mask(torch.ones(1, 1, 21, 21))
+    moved_disk = family.apply(disk, elements)[0, 0]
+    assert seen.any() and (disk[0, 0][seen] > 0.999).all() and (moved_disk[seen] > 0.999).all()
 
 
 def test_c4_model_is_rot90_invariant_and_a_plain_cnn_is_not() -> None:
-    torch.manual_seed(0)
     split = shapes_split()
-    callback = EquivarianceMetrics([Rot90()], layerwise=False, angle_step=0, max_shift=0)
-    c4 = SymmetryNet(Normalize([0.1], [0.25]), EquivariantCNN(1, "C", 4, width=8, depth=2), 8).eval()
-    cnn = SymmetryNet(Normalize([0.1], [0.25]), StandardCNN(1, width=8, depth=2), 8).eval()
-    c4_values, cnn_values = measure(c4, split, callback), measure(cnn, split, callback)
-    assert c4_values["test/equiv/rot90/invariance_error"] < 1e-5
+    callback = EquivarianceMetrics([Rot90()], measures=["invariance_error", "consistency"])
+    c4 = cnn(EquivariantCNN(1, "C", 4, width=8, depth=2))
+    plain = cnn(StandardCNN(1, width=8, depth=2))
+    c4_values, cnn_values = measure(c4, split, callback), measure(plain, split, callback)
+    assert c4_values["test/equiv/rot90/invariance_error"] < 1e-8
     assert c4_values["test/equiv/rot90/consistency"] == 1.0
-    assert cnn_values["test/equiv/rot90/invariance_error"] > 1e-3
+    assert cnn_values["test/equiv/rot90/invariance_error"] > 1e-2
 
 
 @pytest.mark.parametrize("group,order", [("C", 4), ("D", 4), ("SO2", 0), ("O2", 0)])
 def test_escnn_layerwise_profile_is_zero_for_its_group(group: str, order: int) -> None:
-    torch.manual_seed(0)
-    backbone = EquivariantCNN(1, group, order, width=8, depth=2)
-    net = SymmetryNet(Normalize([0.1], [0.25]), backbone, 8).eval()
+    net = cnn(EquivariantCNN(1, group, order, width=8, depth=2))
     families = [Rot90(), Flip()] if group in ("D", "O2") else [Rot90()]
-    values = measure(net, shapes_split(16, 29), EquivarianceMetrics(families, angle_step=0, max_shift=0))
-    layers = {k: v for k, v in values.items() if "/layer/" in k}
-    assert len(layers) == len(families) * 3  # stage1, stage2, invariant
-    assert max(layers.values()) < 1e-5, layers
+    values = measure(net, shapes_split(16, 29), EquivarianceMetrics(families, measures=["layer"]))
+    assert len(values) == len(families) * 3  # stage1, stage2, invariant
+    assert max(values.values()) < 1e-8, values
 
 
 def test_plain_cnn_layerwise_profile_is_not_zero_under_rot90() -> None:
-    torch.manual_seed(0)
-    net = SymmetryNet(Normalize([0.1], [0.25]), StandardCNN(1, width=8, depth=2), 8).eval()
-    values = measure(net, shapes_split(16), EquivarianceMetrics([Rot90()], angle_step=0, max_shift=0))
-    assert min(v for k, v in values.items() if "/layer/" in k) > 1e-2
+    net = cnn(StandardCNN(1, width=8, depth=2))
+    values = measure(net, shapes_split(16), EquivarianceMetrics([Rot90()], measures=["layer"]))
+    assert min(values.values()) > 1e-2
 
 
-def test_aps_model_is_exactly_consistent_under_circular_shifts() -> None:
-    torch.manual_seed(0)
-    net = SymmetryNet(
-        Normalize([0.1], [0.25]), AntialiasedCNN(1, width=8, depth=2, downsample="aps"), 8
-    ).eval()
-    values = measure(net, shapes_split(), EquivarianceMetrics([CircularShift(8)], angle_step=0, max_shift=0))
+def test_aps_model_is_exactly_invariant_and_consistent_under_circular_shifts() -> None:
+    net = cnn(AntialiasedCNN(1, width=8, depth=2, downsample="aps"))
+    callback = EquivarianceMetrics([CircularShift(8)], measures=["invariance_error", "consistency"])
+    values = measure(net, shapes_split(), callback)
     assert values["test/equiv/circular_shift/consistency"] == 1.0
-    assert values["test/equiv/circular_shift/invariance_error"] < 1e-5
-    # and each stage's map moves exactly with shifts by multiples of its stride
-    assert max(v for k, v in values.items() if "/layer/" in k) < 1e-5
+    assert values["test/equiv/circular_shift/invariance_error"] < 1e-8
 
 
 def test_blur_model_has_lower_shift_error_than_max_model() -> None:
@@ -163,7 +343,7 @@ def test_blur_model_has_lower_shift_error_than_max_model() -> None:
     blur_backbone = AntialiasedCNN(1, width=8, depth=3, downsample="blur")
     blur_backbone.load_state_dict(max_backbone.state_dict())  # the same weights, only the pooling differs
     split = shapes_split(128)
-    callback = EquivarianceMetrics([CircularShift(3)], layerwise=False, angle_step=0, max_shift=0)
+    callback = EquivarianceMetrics([CircularShift(3)], measures=["invariance_error"])
     errors = {}
     for name, backbone in (("max", max_backbone), ("blur", blur_backbone)):
         net = SymmetryNet(Normalize([0.1], [0.25]), backbone, 8).eval()
@@ -171,13 +351,54 @@ def test_blur_model_has_lower_shift_error_than_max_model() -> None:
     assert errors["blur"] < 0.7 * errors["max"], errors
 
 
-def test_interpolated_rotation_reports_a_floor_and_curves() -> None:
-    torch.manual_seed(0)
-    net = SymmetryNet(Normalize([0.1], [0.25]), StandardCNN(1, width=8, depth=2), 8).eval()
-    callback = EquivarianceMetrics([Rotation(), Shift(2)], layerwise=False, angle_step=90.0, max_shift=2)
-    values = measure(net, shapes_split(16), callback, with_curves=True)
-    assert 0 < values["test/equiv/rotation/error_floor"] < 0.1  # interpolation costs a little, not nothing
-    assert "test/equiv/shift/error_floor" not in values  # no invariant reference for zero-fill shifts
+def test_curves_and_an_unknown_measure() -> None:
+    net = cnn(StandardCNN(1, width=8, depth=2))
+    callback = EquivarianceMetrics([Rotation()], measures=["curve"], angle_step=90.0, max_shift=2)
+    measure(net, shapes_split(16), callback)
     assert callback.curves["test/rotation"]["angle"] == [0.0, 90.0, 180.0, 270.0]
     assert callback.curves["test/shift"]["pixels"] == [0.0, 1.0, 2.0]
     assert all(0.0 <= acc <= 1.0 for acc in callback.curves["test/rotation"]["acc"])
+    with pytest.raises(SymtrainError, match="unknown measure 'floor'.*invariance_error"):
+        EquivarianceMetrics(measures=["floor"]).chosen("classification")
+
+
+def test_accuracy_and_layerwise_error_against_their_formulas() -> None:
+    net = cnn(StandardCNN(1, width=4, depth=2), classes=3)
+    split = shapes_split(12, 17)
+    values = measure(net, split, EquivarianceMetrics([Rot90()], measures=["acc", "layer"]))
+    chosen = stratified_subset(split.labels, 12)
+    images, labels = (split.images.float() / 255)[chosen], split.labels[chosen]
+    with torch.no_grad():
+        hits = [(net(images.rot90(k, (-2, -1))).argmax(1) == labels).float() for k in (1, 2, 3)]
+        assert values["test/equiv/rot90/acc"] == pytest.approx(torch.cat(hits).mean().item())
+        reference = net.backbone.layer_outputs(net.normalize(images))["stage1"].double()
+        moved = net.backbone.layer_outputs(net.normalize(images.rot90(1, (-2, -1))))["stage1"].double()
+        numerator = (moved - reference.rot90(1, (-2, -1))).pow(2).sum(1).mean()
+        pairs = [
+            (reference[i] - reference[j]).pow(2).sum(0).mean() for i in range(12) for j in range(12) if i != j
+        ]
+    expected = (numerator / torch.stack(pairs).mean()).item()
+    assert values["test/equiv/rot90/layer/stage1"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_new_measure_is_one_class_and_the_summary_describes_it() -> None:
+    """A measure defined anywhere runs by its key, and carries its definition to the report."""
+
+    class MeanLogit(Measure):
+        """The mean of the logits of g·x: a toy."""
+
+        key, title, caption = "mean_logit", "mean logit", "Mean logit"
+        tasks = ("classification",)
+
+        def update(self, batch, family, record, prefix) -> None:  # noqa: ANN001
+            for _, logits in batch.test_views(family):
+                record.mean(f"{prefix}/{self.key}", logits.mean(dim=1))
+
+    callback = EquivarianceMetrics([Flip()], measures=["acc", "mean_logit"])
+    values = measure(cnn(StandardCNN(1, width=4, depth=1)), shapes_split(8, 16), callback)
+    assert set(values) == {"test/equiv/flip/acc", "test/equiv/flip/mean_logit"}
+    described = callback.describe("classification")[1]
+    assert described["definition"] == "The mean of the logits of g·x: a toy."
+    assert "mean_logit" not in [
+        m.key for m in EquivarianceMetrics().chosen("classification")
+    ]  # not a default

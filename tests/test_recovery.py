@@ -32,7 +32,7 @@ SMALL = [
     "--trainer.max_epochs=3",
     "--metrics.num_samples=32",
     "--metrics.test_num_samples=32",
-    "--metrics.layerwise=false",
+    "--metrics.measures=[acc, invariance_error]",
     "--run.wandb=false",
     "--run.quiet=true",
 ]

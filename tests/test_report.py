@@ -78,10 +78,12 @@ def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[st
     for run in ("cnn-s0", "cnn-s1", "aps-s0"):
         assert run in html and run in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| cnn + none | 2 |")]
-    assert len(rows) == 3 and all("±" in row for row in rows), "accuracy, error and consistency tables"
+    # accuracy, then one table per measure: invariance error, round trip, consistency
+    assert len(rows) == 4 and all("±" in row for row in rows), rows
     assert any(line.startswith("| aps + none | 1 |") for line in markdown.splitlines())
     assert "stopped-early" in html, "an unfinished run is named, not shown"
-    assert "invariance error" in html and "consistency" in html  # the definitions
+    assert "invariance error" in html and "consistency" in html  # the definitions, from the measures
+    assert "Petrini et al. 2021" in html and "floor" not in html
     pngs = sorted(report["figures_dir"].glob("*.png"))
     assert [p.name for p in pngs] == [
         "accuracy_vs_angle.png",
@@ -135,7 +137,7 @@ def test_the_html_report_renders_in_headless_chromium(report: dict[str, Path], t
     url = report["html"].resolve().as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "<h1>tiny study</h1>" in dom.stdout and dom.stdout.count("<table>") == 3
+    assert "<h1>tiny study</h1>" in dom.stdout and dom.stdout.count("<table>") == 4
     assert dom.stdout.count("<img ") == 4
 
     screenshot = tmp_path / "report.png"

@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from symtrain._lazy import lazy_module
 from symtrain.backbones.base import Backbone, Pyramid
 from symtrain.errors import SymtrainError
-from symtrain.metrics.functional import disk_mask
-from symtrain.transforms import Exactness, TransformFamily
+from symtrain.transforms import Exactness, TransformFamily, disk_mask
 
 if TYPE_CHECKING:
     from escnn import gspaces

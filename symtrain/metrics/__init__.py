@@ -1,14 +1,18 @@
-"""Invariance and equivariance measurements: pure-torch functions and the callback that logs them."""
+"""Invariance and equivariance measurements: one measure per module, and the callback that
+schedules them and logs their values."""
 
+from symtrain.metrics.base import Measure, measures_for
 from symtrain.metrics.callback import EquivarianceMetrics
-from symtrain.metrics.functional import agreement, disk_mask, radial_profile, relative_error
+from symtrain.metrics.functional import SpreadRelativeError, agreement, centred, disk_mask
 from symtrain.metrics.iou import JaccardIndex
 
 __all__ = [
     "EquivarianceMetrics",
     "JaccardIndex",
+    "Measure",
+    "SpreadRelativeError",
     "agreement",
+    "centred",
     "disk_mask",
-    "radial_profile",
-    "relative_error",
+    "measures_for",
 ]

@@ -1,44 +1,93 @@
-"""Pure-torch measures of invariance and equivariance (no Lightning, no numpy round trips).
+"""Pure-torch pieces the measures share (no Lightning, no numpy round trips).
 
-Every function works on batches on the model's device and returns per-sample values, so the
-caller can average them with distributed metric states.
+Every function works on batches on the model's device, so the measures can accumulate them
+in torchmetrics states, which reduce correctly across processes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from kornia.filters import gaussian_blur2d
 from torch import Tensor
+from torchmetrics import Metric
 
-if TYPE_CHECKING:
-    from symtrain.transforms import TransformFamily
+from symtrain.transforms import TransformFamily, disk_mask
+
+__all__ = ["SpreadRelativeError", "agreement", "centred", "disk_mask", "measured_masks", "visible_region"]
 
 
-def relative_error(transformed: Tensor, reference: Tensor, eps: float = 1e-12) -> Tensor:
-    """Per-sample ||transformed - reference|| / ||reference||.
-
-    For logits this is the invariance error of f under g when ``transformed = f(g x)`` and
-    ``reference = f(x)``; for feature maps it is the equivariance error when
-    ``transformed = f(g x)`` and ``reference = g' f(x)``.
-
-    Args:
-        transformed: (B, ...) outputs for the transformed inputs.
-        reference: (B, ...) the outputs they should equal.
-
-    Returns:
-        (B,) relative errors; 0 where the two agree exactly.
+def centred(logits: Tensor) -> Tensor:
+    """Logits minus their mean over the classes (dim 1): a constant added to every class, which
+    changes no probability, changes nothing here.
 
     Examples:
-        >>> x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
-        >>> relative_error(x, x).tolist()
-        [0.0, 0.0]
-        >>> round(relative_error(torch.tensor([[3.0, 5.0]]), torch.tensor([[3.0, 4.0]])).item(), 6)
-        0.2
+        >>> centred(torch.tensor([[1.0, 3.0], [11.0, 13.0]])).tolist()
+        [[-1.0, 1.0], [-1.0, 1.0]]
     """
-    difference = (transformed - reference).flatten(1).norm(dim=1)
-    return difference / reference.flatten(1).norm(dim=1).clamp_min(eps)
+    return logits - logits.mean(dim=1, keepdim=True)
+
+
+class SpreadRelativeError(Metric):
+    """E ‖a(g·x) − a(x)‖² / E_{x≠z} ‖a(x) − a(z)‖²: the mean squared change of the outputs a under
+    the transformation, relative to the mean squared distance between the outputs of two
+    different images of the same subset (the normalisation of Petrini et al. 2021's D_f).
+
+    ``a`` is the centred logits (``centre``) or the feature map as it is. For dense outputs
+    (B, K, *S) both means are per position: the numerator over the positions ``where`` both views
+    are seen, the denominator over the reference's ``region``. 0 for an invariant (equivariant)
+    map; about 1 when g moves the output as far as swapping the image for another. The
+    denominator is exact over all pairs of the subset: 2n/(n-1) (E‖a‖² − ‖E a‖²).
+
+    Examples:
+        >>> error = SpreadRelativeError()
+        >>> reference = torch.tensor([[0.0, 2.0], [2.0, 0.0]])  # centred distance² between them: 8
+        >>> error.update_reference(reference)
+        >>> error.update(reference + torch.tensor([[1.0, -1.0], [0.0, 0.0]]), reference)
+        >>> error.compute().item()  # (2 + 0) / 2 / 8
+        0.125
+    """
+
+    full_state_update = False
+
+    def __init__(self, centre: bool = True) -> None:
+        super().__init__()
+        self.centre = centre
+        self.region: Tensor | None = None
+        for name in ("squared", "positions", "outputs", "norms", "images"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _prepare(self, outputs: Tensor) -> Tensor:
+        outputs = outputs.double()
+        return centred(outputs) if self.centre else outputs
+
+    def update(self, moved: Tensor, expected: Tensor, where: Tensor | None = None) -> None:
+        """Add the squared change of ``moved`` against ``expected`` (B, K, *S), counted where
+        ``where`` (B, 1, *S) is true."""
+        squared = (self._prepare(moved) - self._prepare(expected)).pow(2).sum(dim=1)  # (B, *S)
+        if where is None:
+            self.squared += squared.sum()
+            self.positions += squared.numel()
+        else:
+            where = where[:, 0].to(squared.dtype)
+            self.squared += (squared * where).sum()
+            self.positions += where.sum()
+
+    def update_reference(self, outputs: Tensor, region: Tensor | None = None) -> None:
+        """Add the reference outputs (B, K, *S) of one batch; ``region`` (*S) bool: the
+        positions the spread is averaged over (all when None)."""
+        a = self._prepare(outputs)
+        self.outputs = self.outputs + a.sum(dim=0)  # (K, *S)
+        self.norms = self.norms + a.pow(2).sum(dim=1).sum(dim=0)  # (*S)
+        self.images += len(a)
+        self.region = region
+
+    def compute(self) -> Tensor:
+        n = self.images
+        mean = self.outputs / n
+        spread = 2 * n / (n - 1) * (self.norms / n - mean.pow(2).sum(dim=0))  # (*S)
+        if self.region is not None:
+            spread = spread[self.region.to(spread.device)]
+        # 0 when nothing moved, even for a constant model (whose spread is 0 too)
+        return torch.where(self.squared == 0, 0.0, (self.squared / self.positions) / spread.mean())
 
 
 def agreement(predictions: Tensor, other: Tensor, where: Tensor | None = None) -> Tensor:
@@ -65,87 +114,45 @@ def agreement(predictions: Tensor, other: Tensor, where: Tensor | None = None) -
     return (same * where).sum(dim=1) / where.sum(dim=1).clamp_min(1)
 
 
-def visible_region(family: TransformFamily, elements: Tensor, images: Tensor, disk: bool) -> Tensor:
-    """Where both the original and the transformed view hold image content: (B, 1, H, W) bool.
+def frame_region(family: TransformFamily, images: Tensor) -> Tensor:
+    """Where ``family``'s measurement frame holds image content, (h, w) bool: the inscribed
+    disk for ``disk`` families, everything otherwise (a canvas's zero border is content too:
+    the same zeros in every view)."""
+    frame = family.canvas(images[:1, :1])
+    ones = torch.ones_like(frame)
+    return (disk_mask(ones) > 0.999)[0, 0] if family.frame == "disk" else ones[0, 0].bool()
 
-    Pixels a transformation brings in from outside the frame (zero fill) are excluded, and
-    with ``disk`` everything outside the inscribed disk, where interpolated measurements are
-    taken.
+
+def visible_region(family: TransformFamily, elements: Tensor, images: Tensor) -> Tensor:
+    """Where both the reference view and the view moved by ``elements`` hold content, on the
+    family's frame: (B, 1, h, w) bool. The frame's region (the disk, or all of it) is moved by
+    the elements and intersected with itself, so pixels a transformation brings in from
+    outside the frame (zero fill) or from outside the disk are left out.
 
     Examples:
-        >>> from symtrain.transforms import Shift
-        >>> seen = visible_region(Shift(), torch.tensor([[0.0, 2.0]]), torch.zeros(1, 1, 4, 4), disk=False)
-        >>> seen[0, 0, 0].tolist()
-        [False, False, True, True]
+        >>> from symtrain.transforms import CircularShift, Rotation
+        >>> seen = visible_region(CircularShift(), torch.tensor([[0.0, 2.0]]), torch.zeros(1, 1, 4, 4))
+        >>> bool(seen.all())
+        True
+        >>> seen = visible_region(Rotation(), torch.tensor([[45.0]]), torch.zeros(1, 1, 9, 9))
+        >>> bool(seen[0, 0, 4, 4]), bool(seen[0, 0, 0, 0])
+        (True, False)
     """
-    ones = images.new_ones(images.shape[0], 1, *images.shape[-2:])
-    seen = family.apply(ones, elements) > 0.999
-    return seen & (disk_mask(ones) > 0.999) if disk else seen
+    region = frame_region(family, images).to(images.dtype)  # (h, w)
+    inside = region.expand(len(elements), 1, *region.shape)
+    return (family.apply(inside, elements) > 0.999) & inside.bool()
 
 
-def transform_masks(family: TransformFamily, masks: Tensor, elements: Tensor, num_classes: int) -> Tensor:
-    """Move class masks (B, H, W) with ``elements``: the family acts on their one-hot maps, and
-    each pixel takes the class of largest weight (exact families move them exactly).
+def measured_masks(family: TransformFamily, masks: Tensor, elements: Tensor, num_classes: int) -> Tensor:
+    """Class masks (B, H, W) as the measured view moves them, on the family's frame: the family
+    acts on their one-hot maps, and each pixel takes the class of largest weight (exact
+    families move them exactly; a canvas's border is background, class 0).
 
     Examples:
         >>> from symtrain.transforms import Rot90
         >>> masks = torch.tensor([[[0, 1], [2, 0]]])
-        >>> torch.equal(transform_masks(Rot90(), masks, torch.tensor([[1.0]]), 3), masks.rot90(1, (-2, -1)))
+        >>> torch.equal(measured_masks(Rot90(), masks, torch.tensor([[1.0]]), 3), masks.rot90(1, (-2, -1)))
         True
     """
     one_hot = torch.nn.functional.one_hot(masks, num_classes).permute(0, 3, 1, 2).float()  # (B, K, H, W)
-    return family.apply(one_hot, elements).argmax(dim=1)
-
-
-def isotropic_blur(images: Tensor) -> Tensor:
-    """A gaussian blur: exactly equivariant to every rotation of the continuous image, so its
-    measured equivariance error under a pixel-grid rotation is what interpolation alone costs.
-
-    Examples:
-        >>> image = torch.rand(1, 1, 9, 9)
-        >>> rotated = isotropic_blur(image.rot90(1, (-2, -1)))
-        >>> bool(torch.allclose(rotated, isotropic_blur(image).rot90(1, (-2, -1)), atol=1e-6))
-        True
-    """
-    return gaussian_blur2d(images, (7, 7), (1.5, 1.5), border_type="constant")
-
-
-def disk_mask(images: Tensor) -> Tensor:
-    """Zero everything outside the disk inscribed in the image (soft one-pixel edge).
-
-    A continuous rotation moves the corners out of the frame; on the disk it only
-    interpolates, so measurements under interpolated actions are taken on masked images.
-
-    Examples:
-        >>> masked = disk_mask(torch.ones(1, 1, 9, 9))
-        >>> masked[0, 0, 4, 4].item(), masked[0, 0, 0, 0].item()
-        (1.0, 0.0)
-    """
-    height, width = images.shape[-2:]
-    y = torch.arange(height, device=images.device, dtype=images.dtype) - (height - 1) / 2
-    x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
-    radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
-    return images * (min(height, width) / 2 - radius).clamp(0, 1)
-
-
-def radial_profile(images: Tensor, rings: int = 8) -> Tensor:
-    """Mean intensity in concentric rings about the centre, per channel: (B, C * rings).
-
-    Exactly invariant to every rotation of the continuous image, so its measured "invariance
-    error" under a pixel-grid rotation is the error that interpolation alone causes: the floor
-    below which no model's error under that family can be read as the model's fault.
-
-    Examples:
-        >>> image = torch.rand(2, 1, 16, 16)
-        >>> bool(torch.allclose(radial_profile(image), radial_profile(image.rot90(1, (-2, -1)))))
-        True
-    """
-    height, width = images.shape[-2:]
-    y = torch.arange(height, device=images.device, dtype=images.dtype) - (height - 1) / 2
-    x = torch.arange(width, device=images.device, dtype=images.dtype) - (width - 1) / 2
-    radius = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2) / (min(height, width) / 2)
-    ring = (radius * rings).floor().clamp(max=rings).long().flatten()  # (H*W,), ring `rings` = outside
-    # (H*W, rings), by comparison: F.one_hot checks the values' range on the host (a sync)
-    one_hot = (ring[:, None] == torch.arange(rings, device=ring.device)).to(images.dtype)
-    sums = images.flatten(2) @ one_hot  # (B, C, rings)
-    return (sums / one_hot.sum(0).clamp_min(1)).flatten(1)
+    return family.apply(family.canvas(one_hot), elements).argmax(dim=1)

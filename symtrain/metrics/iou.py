@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
+# Mask value of pixels that mIoU leaves out (outside the region both views see).
+IGNORE = -1
+
 
 class JaccardIndex(MulticlassJaccardIndex):
     """torchmetrics' multiclass IoU (states, DDP reduction and compute unchanged) whose update

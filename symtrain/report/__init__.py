@@ -59,7 +59,7 @@ def build_report(
                 approaches,
                 "test/shift",
                 "pixels",
-                "shift (pixels, zero fill)",
+                "shift (pixels, on a zero-padded canvas)",
                 figures_dir / f"{task.score_label.lower()}_vs_shift.png",
                 task,
             ),

@@ -104,35 +104,29 @@ def families(approaches: list[Approach]) -> list[str]:
 
 @dataclass(frozen=True)
 class Task:
-    """How the report reads and names one task's measures."""
+    """How the report reads and names one task's score."""
 
     name: str
     score: str  # the metric of the upright and per-family score, and of the curves
     score_label: str
-    error: str  # the per-family output error
-    error_caption: str
-    consistency_caption: str
 
 
 TASKS = {
-    "classification": Task(
-        "classification",
-        "acc",
-        "accuracy",
-        "invariance_error",
-        "Invariance error of the logits (relative; 0 = invariant) and the interpolation error floor",
-        "Consistency (%): predicted class unchanged under the family",
-    ),
-    "segmentation": Task(
-        "segmentation",
-        "miou",
-        "mIoU",
-        "equivariance_error",
-        "Equivariance error of the per-pixel logits (relative; 0 = equivariant) and the interpolation "
-        "error floor",
-        "Mask consistency (%): pixels whose predicted class follows the transformation",
-    ),
+    "classification": Task("classification", "acc", "accuracy"),
+    "segmentation": Task("segmentation", "miou", "mIoU"),
 }
+
+
+def measures_of(approaches: list[Approach], task: Task) -> list[dict[str, Any]]:
+    """What each measure of the runs is (key, title, caption, definition, scale, digits, table),
+    as the runs recorded it in ``summary.json``; for runs that did not, today's measures."""
+    for approach in approaches:
+        for run in approach.runs:
+            if run.summary.get("measures"):
+                return run.summary["measures"]
+    from symtrain.metrics import measures_for
+
+    return [cls.describe() for cls in measures_for(task.name, None)]
 
 
 def task_of(approaches: list[Approach]) -> Task:

@@ -14,7 +14,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from symtrain.metrics.functional import disk_mask  # noqa: E402
 from symtrain.report.collect import Approach, Task  # noqa: E402
 from symtrain.transforms import CircularShift, Rot90, Rotation, TransformFamily  # noqa: E402
 
@@ -123,12 +122,11 @@ def layerwise(approaches: list[Approach], families: list[str], path: Path) -> Pa
 
 
 def _act(family: TransformFamily, element: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The action of one element on a float batch (B, C, H, W), as the metrics apply it:
-    interpolated families on the disk-masked image."""
-    prepare = (lambda x: x) if family.exact else disk_mask
+    """The view of one element on a float batch (B, C, H, W), as the metrics measure it
+    (:meth:`TransformFamily.measured`: on the disk or the canvas where the family needs it)."""
 
     def view(images: torch.Tensor) -> torch.Tensor:
-        return prepare(family.apply(prepare(images), torch.tensor([element]).expand(len(images), -1)))
+        return family.measured(images, torch.tensor([element]).expand(len(images), -1))
 
     return view
 

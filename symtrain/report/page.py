@@ -7,92 +7,39 @@ import html
 from datetime import datetime
 from pathlib import Path
 
-from symtrain.report.collect import Approach, Task, mean_std
+from symtrain.report.collect import Approach, Task, mean_std, measures_of
 
-CLASSIFICATION_DEFINITIONS = [
-    ("accuracy (upright)", "share of the test split classified correctly, as is."),
-    (
-        "accuracy under a family",
-        "accuracy on a fixed subset of test images after each of the family's three fixed, seeded "
-        "test elements g (never the identity) is applied, averaged over images and elements.",
-    ),
-    (
-        "invariance error",
-        "‖f(g·x) − f(x)‖ / ‖f(x)‖ on the logits f, per image, averaged over images and the test "
-        "elements: 0 when the output does not change under the family, about 1 when the change is "
-        "as large as the output itself.",
-    ),
-    (
-        "consistency",
-        "share of images whose predicted class agrees between consecutive views "
-        "(x, g₁·x, g₂·x, g₃·x), averaged over the pairs: 100% when no element changes the prediction.",
-    ),
-    (
-        "layer-wise equivariance error",
-        "‖Φ(g·x) − g·Φ(x)‖ / ‖Φ(x)‖ for each stage's feature map Φ, with an element g that acts "
-        "exactly on that stage's grid and as the backbone declares (a permutation of cells, and of "
-        "escnn's field channels); 'invariant' is escnn's group-pooled feature map. Only exact families "
-        "are measured; 0 means that stage is exactly equivariant.",
-    ),
-    (
-        "error floor",
-        "for interpolated rotations, the invariance error of the radial intensity profile (exactly "
-        "rotation-invariant in the continuum) under the same rotations: what resampling the pixel "
-        "grid alone costs, below which an error is not the model's fault.",
-    ),
-    (
-        "families",
-        "rot90: rotations by multiples of 90° (exact on the grid); flip: mirror images (exact); "
-        "circular_shift: integer shifts that wrap around (exact); shift: integer shifts with zero "
-        "fill (content leaves the frame); rotation: any angle, bilinear (interpolated); affine and "
-        "elastic: random warps. Non-exact families are measured on images masked to the inscribed "
-        "disk, so that the corners leaving the frame do not count.",
-    ),
-    (
-        "curves",
-        "accuracy against rotation angle: disk-masked test images rotated by each angle; accuracy "
-        "against shift: images shifted right by each number of pixels, zero fill.",
-    ),
-]
-_LAYERWISE, _FAMILIES = CLASSIFICATION_DEFINITIONS[4], CLASSIFICATION_DEFINITIONS[6]
-SEGMENTATION_DEFINITIONS = [
-    (
+_FAMILIES = (
+    "families",
+    "rot90: rotations by multiples of 90° (exact on the grid); flip: mirror images (exact); "
+    "circular_shift: integer shifts that wrap around (exact); shift: integer shifts with zero "
+    "fill, measured on a canvas zero-padded by the largest shift, so nothing leaves it; rotation: "
+    "any angle, bilinear, measured on the inscribed disk (masked once, after the rotation); affine "
+    "and elastic: random warps, on the disk. Each family's fixed test elements are spread over it "
+    "and bounded away from the identity (rotation: ±45° and ±135°; shifts: the quarter turns of "
+    "(a, b), the largest odd shifts up to m/2 and m: (3, 7) for circular shifts of up to 8 pixels, "
+    "(1, 3) for zero-fill shifts of up to 4).",
+)
+_UPRIGHT = {
+    "classification": ("accuracy (upright)", "share of the test split classified correctly, as is."),
+    "segmentation": (
         "mIoU (upright)",
         "mean over the classes, background included, of the intersection over union of the "
         "predicted and the true masks of the test split, as is.",
     ),
-    (
-        "mIoU under a family",
-        "mIoU of f(g·x) against the moved masks g·y on a fixed subset of test images, for each of "
-        "the family's three fixed, seeded test elements g, counted on the region both views see "
-        "(inside the frame, and inside the inscribed disk for non-exact families).",
-    ),
-    (
-        "equivariance error",
-        "‖f(g·x) − g·f(x)‖ / ‖f(x)‖ on the per-pixel logits f, on that region, per image, averaged "
-        "over images and elements: 0 when the output moves exactly with the image.",
-    ),
-    (
-        "mask consistency",
-        "share of the pixels of that region whose predicted class agrees between f(g·x) and g·f(x) "
-        "(the prediction for the moved image, and the moved prediction): 100% when the predicted "
-        "mask follows the transformation.",
-    ),
-    _LAYERWISE,
-    (
-        "error floor",
-        "for interpolated rotations, the equivariance error of an isotropic gaussian blur (exactly "
-        "rotation-equivariant in the continuum) under the same rotations: what resampling the pixel "
-        "grid alone costs.",
-    ),
-    _FAMILIES,
-    (
-        "curves",
-        "mIoU against rotation angle: disk-masked test images and their masks rotated by each angle; "
-        "against shift: shifted right by each number of pixels, zero fill; on the region both see.",
-    ),
-]
-DEFINITIONS = {"classification": CLASSIFICATION_DEFINITIONS, "segmentation": SEGMENTATION_DEFINITIONS}
+}
+_SUBSET = (
+    "measured subset",
+    "the measures read a seeded, class-stratified subset of the test split, the same on every run "
+    "of the same data.",
+)
+
+
+def definitions(approaches: list[Approach], task: Task) -> list[tuple[str, str]]:
+    """(term, definition) of the report's numbers: each measure's own definition, as the runs
+    recorded it."""
+    measured = [(m["title"], m["definition"]) for m in measures_of(approaches, task)]
+    return [_UPRIGHT[task.name], *measured, _SUBSET, _FAMILIES]
 
 
 def _scientific(value: float, digits: int) -> bool:
@@ -138,29 +85,24 @@ def tables(
             for n, a in zip(names, approaches, strict=True)
         ],
     )
-    # Interpolated families also have the error floor that resampling alone causes.
-    floors = [f for f in families if any(a.values(f"test/equiv/{f}/error_floor") for a in approaches)]
-    error = (
-        task.error_caption,
-        [*first, *families, *(f"{f} floor" for f in floors)],
-        [
+    measured = [
+        (
+            m["caption"],
+            [*first, *families],
             [
-                *n,
-                *(_cell(a, f"test/equiv/{f}/{task.error}", digits=3) for f in families),
-                *(_cell(a, f"test/equiv/{f}/error_floor", digits=3) for f in floors),
-            ]
-            for n, a in zip(names, approaches, strict=True)
-        ],
-    )
-    consistency = (
-        task.consistency_caption,
-        [*first, *families],
-        [
-            [*n, *(_cell(a, f"test/equiv/{f}/consistency", 100) for f in families)]
-            for n, a in zip(names, approaches, strict=True)
-        ],
-    )
-    return [accuracy, error, consistency]
+                [*n, *(_cell(a, f"test/equiv/{f}/{m['key']}", m["scale"], m["digits"]) for f in families)]
+                for n, a in zip(names, approaches, strict=True)
+            ],
+        )
+        for m in measures_of(approaches, task)
+        if m["table"]
+    ]
+    # a measure some families do not have (the round trip) shows only the families that do
+    shown = []
+    for caption, header, rows in measured:
+        keep = [i for i in range(len(header)) if i < len(first) or any(row[i] for row in rows)]
+        shown.append((caption, [header[i] for i in keep], [[row[i] for i in keep] for row in rows]))
+    return [accuracy, *shown]
 
 
 def markdown(
@@ -184,7 +126,9 @@ def markdown(
     for caption, path in figures:
         lines += [f"![{caption}](figures/{path.name})", "", f"*{caption}*", ""]
     lines += (
-        ["## Definitions", ""] + [f"- **{term}**: {text}" for term, text in DEFINITIONS[task.name]] + [""]
+        ["## Definitions", ""]
+        + [f"- **{term}**: {text}" for term, text in definitions(approaches, task)]
+        + [""]
     )
     lines += ["## Runs", ""] + [
         f"- {a.name}: " + ", ".join(f"`{r.path}`" for r in a.runs) for a in approaches
@@ -239,7 +183,7 @@ def html_page(
             f"<figcaption>{e(caption)}</figcaption></figure>"
         )
     parts.append("<h2>Definitions</h2><dl>")
-    parts += [f"<dt><b>{e(term)}</b></dt><dd>{e(text)}</dd>" for term, text in DEFINITIONS[task.name]]
+    parts += [f"<dt><b>{e(term)}</b></dt><dd>{e(text)}</dd>" for term, text in definitions(approaches, task)]
     parts.append("</dl><h2>Runs</h2><ul>")
     parts += [
         f"<li>{e(a.name)}: " + ", ".join(f"<code>{e(str(r.path))}</code>" for r in a.runs) + "</li>"

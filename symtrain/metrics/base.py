@@ -1,0 +1,227 @@
+"""What a measure is: one class in one file of this package, found by its ``key``.
+
+A :class:`Measure` reads one batch of the measured subset through a :class:`Batch` (which
+computes each view's outputs once, whichever measures ask for them) and adds values to a
+:class:`Record` of torchmetrics states, named ``{stage}/equiv/{family}/{key}`` (or
+``.../{key}/{part}``). Its docstring is its definition: the report, ``summary.json`` and the
+README take the text from there. A new measure is a new module here; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+from symtrain.errors import SymtrainError
+from symtrain.transforms import TransformFamily
+
+Task = str  # "classification" or "segmentation"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the callback passes every measure (its own arguments, shared by all).
+
+    Attributes:
+        draws: random pairs of elements per image for ``consistency``.
+        angle_step: spacing in degrees of the score-vs-angle curve (0 turns it off).
+        max_shift: largest shift of the score-vs-shift curve, in pixels (0 turns it off).
+        seed: seeds the random draws, so every run of the same data draws the same.
+    """
+
+    draws: int = 2
+    angle_step: float = 15.0
+    max_shift: int = 8
+    seed: int = 0
+
+
+class Batch:
+    """One batch of the measured subset, and the model's outputs for each view of it, each
+    computed once however many measures read it.
+
+    Attributes:
+        net: the model in eval mode (images in [0, 1] to logits).
+        images: (B, C, H, W) in [0, 1].
+        targets: class labels (B,) or masks (B, H, W).
+        segmentation: whether the model returns per-pixel logits.
+        num_classes: the model's number of outputs.
+        positions: (B,) the images' places in the whole measured subset (across processes).
+        subset_size: the size of the whole measured subset.
+        seed: seeds the measures' random draws (see :meth:`sample`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        segmentation: bool,
+        num_classes: int,
+        positions: Tensor,
+        subset_size: int,
+        seed: int,
+    ) -> None:
+        self.net, self.images, self.targets = net, images, targets
+        self.segmentation, self.num_classes = segmentation, num_classes
+        self.positions, self.subset_size, self.seed = positions, subset_size, seed
+        self._cache: dict[Any, Any] = {}
+
+    def sample(self, family: TransformFamily, draw: int) -> Tensor:
+        """Random elements of ``family`` for this batch's images, (B, P) on their device: draw
+        number ``draw`` of a seeded sequence over the whole subset, so an image gets the same
+        elements however the subset is cut into batches and processes."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)
+        everyone = family.sample(self.subset_size, generator)
+        return everyone[self.positions.cpu()].to(self.images.device)
+
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def elements(self, element: Tensor) -> Tensor:
+        """One element for every image: (B, P) on the images' device."""
+        return element.view(1, -1).expand(len(self.images), -1).to(self.images.device)
+
+    def reference(self, family: TransformFamily) -> Tensor:
+        """The outputs for the identity's view on ``family``'s frame: what g·x is compared with."""
+        identity = self.elements(family.identity())
+        key = ("reference", family.frame, tuple(family.canvas(self.images[:1, :1]).shape))
+        return self.once(key, lambda: self.net(family.measured(self.images, identity)))
+
+    def test_views(self, family: TransformFamily) -> list[tuple[Tensor, Tensor]]:
+        """(elements (B, P), outputs) for each of ``family``'s test elements."""
+
+        def compute() -> list[tuple[Tensor, Tensor]]:
+            views = []
+            for element in family.test_elements():
+                elements = self.elements(element)
+                views.append((elements, self.net(family.measured(self.images, elements))))
+            return views
+
+        return self.once(("test", repr(family)), compute)
+
+
+class Record:
+    """The torchmetrics states of one measurement pass, created on first use."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.metrics: dict[str, Metric] = {}
+
+    def metric(self, name: str, make: Callable[[], Metric]) -> Metric:
+        if name not in self.metrics:
+            self.metrics[name] = make().to(self.device)
+        return self.metrics[name]
+
+    def mean(self, name: str, values: Tensor) -> None:
+        # nan_strategy="disable": the default scans for NaNs on the host at every update (a
+        # sync each), and would hide a diverged model's NaNs from the mean.
+        self.metric(name, lambda: MeanMetric(nan_strategy="disable")).update(values)
+
+
+class Measure:
+    """Base class of measures. Subclasses set the class attributes, write their definition as
+    the class docstring (first paragraph: the formula, as the report shows it) and implement
+    :meth:`update`.
+
+    Attributes:
+        key: the measure's name in ``{stage}/equiv/{family}/{key}``; ``metrics.measures`` lists
+            these.
+        title: its name in the report.
+        caption: the caption of its table in the report (one column per family).
+        tasks: the tasks it measures.
+        stages: the stages it measures at (``val``, ``test``).
+        scale: the factor the report shows values with (100 for percentages).
+        digits: decimals in the report.
+        table: whether the report shows a table of it (a curve or a per-layer value does not).
+        per_family: whether it is measured per family (``update`` gets each family and the
+            prefix ``{stage}/equiv/{family}``), or once per batch (no family, ``{stage}/equiv``).
+    """
+
+    key: ClassVar[str]
+    title: ClassVar[str]
+    caption: ClassVar[str] = ""
+    tasks: ClassVar[tuple[Task, ...]] = ("classification", "segmentation")
+    stages: ClassVar[tuple[str, ...]] = ("val", "test")
+    scale: ClassVar[float] = 1.0
+    digits: ClassVar[int] = 3
+    table: ClassVar[bool] = True
+    per_family: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def applies(self, family: TransformFamily) -> bool:
+        """Whether this measure has a value for ``family``."""
+        return True
+
+    def update(self, batch: Batch, family: TransformFamily, record: Record, prefix: str) -> None:
+        """Measure ``batch`` under ``family``; names start with ``prefix`` (``{stage}/equiv/{family}``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def definition(cls) -> str:
+        """The first paragraph of the docstring, on one line."""
+        return " ".join(inspect.getdoc(cls).split("\n\n")[0].replace("``", "").split())
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """What the report needs to show this measure (kept in ``summary.json``)."""
+        return {
+            "key": cls.key,
+            "title": cls.title,
+            "caption": cls.caption,
+            "definition": cls.definition(),
+            "scale": cls.scale,
+            "digits": cls.digits,
+            "table": cls.table,
+        }
+
+
+def registry() -> dict[tuple[Task, str], type[Measure]]:
+    """Every measure by (task, key): each module of this package is imported, so a measure is
+    found by being here; a subclass defined elsewhere is found once its module is imported."""
+    package = importlib.import_module("symtrain.metrics")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"symtrain.metrics.{module.name}")
+    found: dict[tuple[Task, str], type[Measure]] = {}
+    pending = list(Measure.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        if hasattr(cls, "key"):
+            for task in cls.tasks:
+                found[(task, cls.key)] = cls
+    return found
+
+
+ORDER = ("acc", "invariance_error", "equivariance_error", "round_trip_error", "consistency", "layer", "curve")
+
+
+def measures_for(task: Task, keys: list[str] | None) -> list[type[Measure]]:
+    """The measure classes of ``task`` named by ``keys`` (when None, all of this package's, in
+    the report's order).
+
+    Raises:
+        SymtrainError: for a key no measure of that task has.
+    """
+    known = {key: cls for (kind, key), cls in registry().items() if kind == task}
+    if keys is None:  # the package's own measures
+        own = [k for k, cls in known.items() if cls.__module__.startswith(f"{__package__}.")]
+        keys = sorted(own, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise SymtrainError(
+            f"unknown measure {unknown[0]!r} for {task}: choose from {', '.join(sorted(known))} "
+            "(metrics.measures)"
+        )
+    return [known[key] for key in keys]

@@ -1,0 +1,51 @@
+"""The task's score against rotation angle and against shift."""
+
+from __future__ import annotations
+
+import torch
+
+from symtrain.metrics.base import Batch, Measure, Record
+from symtrain.metrics.functional import measured_masks, visible_region
+from symtrain.metrics.iou import IGNORE, JaccardIndex
+from symtrain.transforms import Rotation, Shift, TransformFamily
+
+
+class Curves(Measure):
+    """Score against rotation angle (every ``angle_step`` degrees, on the disk, masked once
+    after the rotation) and against horizontal shift (0..``max_shift`` pixels, on a canvas
+    zero-padded by ``max_shift``: the shift family's protocol, so nothing leaves the frame);
+    accuracy for classification, mIoU on the pixels both views see for segmentation. Measured
+    at test, once per run (``summary.json``'s ``curves``, wandb line plots).
+    """
+
+    key = "curve"
+    title = "curves"
+    stages = ("test",)
+    table = False
+    per_family = False  # its own two families, whichever the run measures
+    # family name -> the axis its curve is drawn against
+    axes = {"rotation": "angle", "shift": "pixels"}
+
+    def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
+        points: list[tuple[TransformFamily, str, torch.Tensor]] = []
+        if self.settings.angle_step > 0:
+            for angle in torch.arange(0.0, 360.0, self.settings.angle_step).tolist():
+                points.append((Rotation(), f"{angle:g}", torch.tensor([angle])))
+        if self.settings.max_shift > 0:
+            for pixels in range(self.settings.max_shift + 1):
+                points.append(
+                    (Shift(self.settings.max_shift), str(pixels), torch.tensor([0.0, float(pixels)]))
+                )
+        for family, at, element in points:
+            elements = batch.elements(element)
+            logits = batch.net(family.measured(batch.images, elements))
+            name = f"{prefix}/{family.name}/{self.key}/{at}"
+            if not batch.segmentation:
+                record.mean(name, (logits.argmax(dim=1) == batch.targets).float())
+                continue
+            moved = measured_masks(family, batch.targets, elements, batch.num_classes)
+            seen = visible_region(family, elements, batch.images)[:, 0]
+            iou = record.metric(
+                name, lambda: JaccardIndex(batch.num_classes, ignore_index=IGNORE, validate_args=False)
+            )
+            iou.update(logits.argmax(dim=1), moved.masked_fill(~seen, IGNORE))
