@@ -167,6 +167,15 @@ def run_locally(study: Study) -> list[Path]:
     return [study_dir(study) / cell.run_name for cell in todo]
 
 
+def _signal(pid: int, number: int) -> None:
+    """Pass a stop on to a cell; one that has just ended (a forked cell is not this process's
+    child, so it can be gone before its exit is read) has nothing left to stop."""
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
 class _CellRunner:
     """Runs cells one at a time. SIGTERM or SIGINT, whenever it comes while the study runs, stops
     the study: the running cell is stopped the same way (it saves a checkpoint and exits), no
@@ -193,7 +202,7 @@ class _CellRunner:
         self.stopped_by = self.stopped_by or number
         if self.child is not None:
             self.forwarded = True
-            os.kill(self.child.pid, number)
+            _signal(self.child.pid, number)
 
     def run(self, command: list[str], log: Path) -> int:
         """Run one cell to its end and return its exit code."""
@@ -203,7 +212,7 @@ class _CellRunner:
         try:
             if self.stopped_by is not None and not self.forwarded:  # stopped while it started
                 self.forwarded = True
-                os.kill(self.child.pid, self.stopped_by)
+                _signal(self.child.pid, self.stopped_by)
             code = self.child.wait()
         finally:
             self.child = None

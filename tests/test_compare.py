@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -180,3 +181,14 @@ def test_report_of_something_that_is_not_a_run_names_it(
         main(["report", str(tmp_path)])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and str(tmp_path) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stop_that_reaches_a_cell_just_ended_still_stops_the_study() -> None:
+    """A forked cell is not the study's child: it can be gone before its exit is read, and the
+    stop that arrives then must not fail on it."""
+    ended = subprocess.Popen(["true"])
+    os.waitpid(ended.pid, 0)  # reaped: its pid names no process now
+    runner = _CellRunner(fork=False)
+    runner.child = SimpleNamespace(pid=ended.pid)
+    runner._stop(signal.SIGTERM, None)  # no ProcessLookupError
+    assert runner.stopped_by == signal.SIGTERM and runner.forwarded
