@@ -153,6 +153,7 @@ BACKBONES = {
     "aps": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="aps"),
     "c4": lambda: EquivariantCNN(1, "C", 4, width=2, depth=2),
     "d4": lambda: EquivariantCNN(1, "D", 4, width=2, depth=2),
+    "o2": lambda: EquivariantCNN(1, "O2", 0, width=2, depth=2),
 }
 
 
@@ -402,3 +403,9 @@ def test_a_new_measure_is_one_class_and_the_summary_describes_it() -> None:
     assert "mean_logit" not in [
         m.key for m in EquivarianceMetrics().chosen("classification")
     ]  # not a default
+
+
+def test_runs_configured_before_measures_existed_still_parse() -> None:
+    """An old run's config.yaml says ``layerwise``: testing or resuming it still works."""
+    assert "layer" not in [m.key for m in EquivarianceMetrics(layerwise=False).chosen("segmentation")]
+    assert "layer" in [m.key for m in EquivarianceMetrics(layerwise=True).chosen("classification")]

@@ -119,7 +119,8 @@ def test_every_backbone_and_strategy_reloads_at_every_image_size(
 @pytest.mark.slow
 def test_checkpoints_holding_augmentation_pipelines_still_load_test_and_resume(tmp_path: Path) -> None:
     """Checkpoints written while kornia's pipelines were part of the module (one entry per image
-    size seen) load, test and resume; a resume that changes the one-cycle schedule is refused."""
+    size seen) load, test (with the metrics' settings of then, ``layerwise``) and resume; a resume
+    that changes the one-cycle schedule is refused."""
     strategy = CONFIGS / "symmetry" / "augment_rotation.yaml"
     configs = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(strategy), *SHAPES, *TINY]
     configs += ["--data.image_size=28", f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=2"]
@@ -133,7 +134,7 @@ def test_checkpoints_holding_augmentation_pipelines_still_load_test_and_resume(t
         )
         torch.save(checkpoint, path)
     assert symtrain.load_model(run_dir)(torch.rand(2, 1, 28, 28)).shape == (2, 8)
-    main(["test", *configs, "--ckpt_path", "best"])
+    main(["test", *configs, "--metrics.layerwise=true", "--ckpt_path", "best"])  # as configs said then
     config = (run_dir / "config.yaml").read_text()
     with pytest.raises(SystemExit) as exit_:
         main(["fit", *configs, "--trainer.max_epochs=3", "--ckpt_path", "last"])

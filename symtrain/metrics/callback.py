@@ -43,6 +43,8 @@ class EquivarianceMetrics(pl.Callback):
         angle_step: spacing in degrees of the score-vs-angle curve (0 turns it off).
         max_shift: largest shift in pixels of the score-vs-shift curve (0 turns it off).
         seed: seeds the subset and the random draws (the same on every run of the same data).
+        layerwise: only so that runs configured before ``measures`` existed still test and
+            resume; ``false`` leaves ``layer`` out of the default measures.
     """
 
     def __init__(
@@ -57,10 +59,12 @@ class EquivarianceMetrics(pl.Callback):
         angle_step: float = 15.0,
         max_shift: int = 8,
         seed: int = 0,
+        layerwise: bool | None = None,
     ) -> None:
         super().__init__()
         self.families = default_families() if families is None else list(families)
         self.measures = None if measures is None else list(measures)
+        self._left_out = {"layer"} if layerwise is False else set()
         self.num_samples = num_samples
         self.test_num_samples = test_num_samples
         self.every_n_epochs = every_n_epochs
@@ -73,7 +77,9 @@ class EquivarianceMetrics(pl.Callback):
 
     def chosen(self, task: str) -> list[Measure]:
         """The measures of ``task`` this callback runs."""
-        return [cls(self.settings) for cls in measures_for(task, self.measures)]
+        return [
+            cls(self.settings) for cls in measures_for(task, self.measures) if cls.key not in self._left_out
+        ]
 
     def describe(self, task: str) -> list[dict[str, Any]]:
         """Each chosen measure's key, title, caption and definition (for ``summary.json``)."""
