@@ -5,9 +5,10 @@ invariance measures beside.
     python scripts/shapes_table.py                       # every backbone config, runs/shapes_table/
     python scripts/shapes_table.py --backbones cnn escnn_c4
 
-Each config is one ``fit`` (``configs/quickstart.yaml`` + ``configs/backbone/<name>.yaml``,
-test orientation rot90) and one ``test --ckpt_path best --data.test_orientation any`` of the
-same run; finished runs are reused. Prints a Markdown table.
+Each config is one ``fit`` (``configs/quickstart.yaml`` + ``configs/backbone/<name>.yaml``),
+then ``test`` of its best checkpoint on shapes turned by multiples of 90 degrees (accuracy and
+every measure) and by any angle (accuracy); finished runs and tests are reused (delete a
+``<name>-rot90`` directory to measure again). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -64,19 +65,20 @@ def main() -> None:
                 "--data.init_args.test_orientation", "rot90", "--run.wandb", "false",
                 f"--trainer.default_root_dir={args.root}", f"--run.name={name}",
             )  # fmt: skip
-        rotated = json.loads((run / "summary.json").read_text())
-        any_angle = run / "any_angle.json"
-        if not any_angle.is_file():
-            symtrain(
-                "test", "--config", str(run / "config.yaml"),
-                "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
-                "--data.init_args.test_orientation", "any", "--run.wandb", "false",
-                f"--trainer.default_root_dir={args.root}", f"--run.name={name}-any",
-            )  # fmt: skip
-            tested = json.loads((args.root / f"{name}-any" / "summary.json").read_text())
-            any_angle.write_text(json.dumps(tested["metrics"]))
-        metrics, acc_any = rotated["metrics"], json.loads(any_angle.read_text())["test/acc"]
-        row = [name, f"{rotated['params']:,}", f"{metrics['test/acc']:.2f}", f"{acc_any:.2f}"]
+        tested = {}
+        for orientation in ("rot90", "any"):  # the best checkpoint, measured by today's code
+            summary = args.root / f"{name}-{orientation}" / "summary.json"
+            if not summary.is_file():
+                symtrain(
+                    "test", "--config", str(run / "config.yaml"),
+                    "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
+                    "--data.init_args.test_orientation", orientation, "--run.wandb", "false",
+                    f"--trainer.default_root_dir={args.root}", f"--run.name={name}-{orientation}",
+                )  # fmt: skip
+            tested[orientation] = json.loads(summary.read_text())
+        metrics, acc_any = tested["rot90"]["metrics"], tested["any"]["metrics"]["test/acc"]
+        params = json.loads((run / "summary.json").read_text())["params"]
+        row = [name, f"{params:,}", f"{metrics['test/acc']:.2f}", f"{acc_any:.2f}"]
         lines.append("| " + " | ".join(row + [number(metrics[key]) for _, key in COLUMNS]) + " |")
     print("\n".join(lines))
 

@@ -358,8 +358,12 @@ class Rotation(TransformFamily):
     Interpolated: only multiples of 90 degrees are exact on a pixel grid, so measurements
     take place on the inscribed disk (``frame = "disk"``), where a rotation only interpolates.
     Element: the angle in degrees, counter-clockwise. The test elements are evenly spread over
-    [-d, d], none nearer the identity than d / 4: -d + (k + 1/2) d / 2, k = 0..3 (-135, -45,
-    45 and 135 degrees for the full circle, the angles that interpolate most).
+    [-d, d], a quarter of the range apart, offset by the golden ratio of a step:
+    -d + (k + 0.618) d / 2, k = 0..3 (-124.4, -34.4, 55.6 and 145.6 degrees for the full circle).
+    Each is at least 10 degrees from every multiple of 22.5 degrees (the elements of C4, C8
+    and C16, the groups the shipped escnn configs build in), so no such model is flattered by
+    meeting its own elements (C8 is exactly invariant at 45 degrees, and only there); none is
+    nearer the identity than 0.19 d.
 
     Args:
         degrees: angles are drawn uniformly from [-degrees, degrees]; 180 covers the circle.
@@ -376,7 +380,10 @@ class Rotation(TransformFamily):
         return (torch.rand(n, 1, generator=generator) * 2 - 1) * self.degrees
 
     def test_elements(self) -> Tensor:
-        return (-self.degrees + (torch.arange(4.0) + 0.5) * self.degrees / 2)[:, None]
+        golden = (math.sqrt(5) - 1) / 2  # 0.618...
+        return (-self.degrees + (torch.arange(4.0, dtype=torch.float64) + golden) * self.degrees / 2)[
+            :, None
+        ].float()
 
     def inverse(self, elements: Tensor) -> Tensor:
         return -elements

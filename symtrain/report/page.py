@@ -16,9 +16,10 @@ _FAMILIES = (
     "fill, measured on a canvas zero-padded by the largest shift, so nothing leaves it; rotation: "
     "any angle, bilinear, measured on the inscribed disk (masked once, after the rotation); affine "
     "and elastic: random warps, on the disk. Each family's fixed test elements are spread over it "
-    "and bounded away from the identity (rotation: ±45° and ±135°; shifts: the quarter turns of "
-    "(a, b), the largest odd shifts up to m/2 and m: (3, 7) for circular shifts of up to 8 pixels, "
-    "(1, 3) for zero-fill shifts of up to 4).",
+    "and bounded away from the identity (rotation: −124.4°, −34.4°, 55.6°, 145.6°, 90° apart and "
+    "each at least 10° from every element of C4, C8 and C16, so no such model meets its own "
+    "elements; shifts: the quarter turns of (a, b), the largest odd shifts up to m/2 and m: (3, 7) "
+    "for circular shifts of up to 8 pixels, (1, 3) for zero-fill shifts of up to 4).",
 )
 _UPRIGHT = {
     "classification": ("accuracy (upright)", "share of the test split classified correctly, as is."),
