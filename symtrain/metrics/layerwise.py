@@ -40,7 +40,7 @@ class LayerwiseError(Measure):
         reference = batch.once("layers", lambda: backbone.layer_outputs(net.normalize(batch.images)))
         moved_by: dict[tuple[float, ...], dict[str, Tensor]] = {}
         for name, elements in per_layer.items():
-            expected_any = False
+            referenced = False
             for element in elements:
                 expected = backbone.act_on_layer(name, family, element, reference[name])
                 if expected is None:
@@ -52,7 +52,7 @@ class LayerwiseError(Measure):
                 error = record.metric(
                     f"{prefix}/{self.key}/{name}", lambda: SpreadRelativeError(centre=False)
                 )
-                if not expected_any:
+                if not referenced:
                     error.update_reference(reference[name])
-                    expected_any = True
+                    referenced = True
                 error.update(moved_by[key][name], expected)
