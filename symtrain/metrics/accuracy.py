@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from symtrain.metrics.base import Batch, Measure, Record
-from symtrain.metrics.functional import agreement, measured_masks, visible_region
-from symtrain.metrics.iou import IGNORE, JaccardIndex
+from symtrain.metrics.functional import agreement, measured_masks
 from symtrain.transforms import TransformFamily
 
 
@@ -38,10 +37,6 @@ class SegmentationScore(Measure):
         for elements, logits in batch.test_views(family):
             predicted = logits.argmax(dim=1)  # (B, h, w)
             targets = measured_masks(family, batch.targets, elements, batch.num_classes)
-            seen = visible_region(family, elements, batch.images)
+            seen = batch.visible(family, elements)
             record.mean(f"{prefix}/acc", agreement(predicted, targets, seen))
-            iou = record.metric(
-                f"{prefix}/miou",
-                lambda: JaccardIndex(batch.num_classes, ignore_index=IGNORE, validate_args=False),
-            )
-            iou.update(predicted, targets.masked_fill(~seen[:, 0], IGNORE))
+            record.iou(f"{prefix}/miou", batch.num_classes, predicted, targets, seen)

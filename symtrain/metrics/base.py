@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from symtrain.errors import SymtrainError
+from symtrain.metrics.functional import visible_region
+from symtrain.metrics.iou import IGNORE, JaccardIndex
 from symtrain.transforms import TransformFamily
 
 Task = str  # "classification" or "segmentation"
@@ -109,6 +111,12 @@ class Batch:
 
         return self.once(("test", repr(family)), compute)
 
+    def visible(self, family: TransformFamily, elements: Tensor) -> Tensor:
+        """Where both views hold content (:func:`visible_region`) for one element shared by the
+        batch, (B, 1, h, w) bool: computed once for the measures that read it."""
+        key = ("visible", repr(family), tuple(elements[0].tolist()))
+        return self.once(key, lambda: visible_region(family, elements, self.images))
+
 
 class Record:
     """The torchmetrics states of one measurement pass, created on first use."""
@@ -126,6 +134,12 @@ class Record:
         # nan_strategy="disable": the default scans for NaNs on the host at every update (a
         # sync each), and would hide a diverged model's NaNs from the mean.
         self.metric(name, lambda: MeanMetric(nan_strategy="disable")).update(values)
+
+    def iou(self, name: str, num_classes: int, predicted: Tensor, targets: Tensor, seen: Tensor) -> None:
+        """Add class maps (B, h, w) to the mIoU ``name``, counting only the pixels ``seen``
+        (B, 1, h, w)."""
+        iou = self.metric(name, lambda: JaccardIndex(num_classes, ignore_index=IGNORE, validate_args=False))
+        iou.update(predicted, targets.masked_fill(~seen[:, 0], IGNORE))
 
 
 class Measure:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from symtrain.metrics.base import Batch, Measure, Record
-from symtrain.metrics.functional import agreement, visible_region
+from symtrain.metrics.functional import agreement
 from symtrain.transforms import TransformFamily
 
 
@@ -49,6 +49,6 @@ class MaskConsistency(Measure):
     def update(self, batch: Batch, family: TransformFamily, record: Record, prefix: str) -> None:
         reference = batch.reference(family)
         for elements, logits in batch.test_views(family):
-            seen = visible_region(family, elements, batch.images)
+            seen = batch.visible(family, elements)
             expected = family.apply(reference, elements).argmax(dim=1)
             record.mean(f"{prefix}/{self.key}", agreement(logits.argmax(dim=1), expected, seen))

@@ -6,7 +6,6 @@ import torch
 
 from symtrain.metrics.base import Batch, Measure, Record
 from symtrain.metrics.functional import measured_masks, visible_region
-from symtrain.metrics.iou import IGNORE, JaccardIndex
 from symtrain.transforms import Rotation, Shift, TransformFamily
 
 
@@ -44,8 +43,5 @@ class Curves(Measure):
                 record.mean(name, (logits.argmax(dim=1) == batch.targets).float())
                 continue
             moved = measured_masks(family, batch.targets, elements, batch.num_classes)
-            seen = visible_region(family, elements, batch.images)[:, 0]
-            iou = record.metric(
-                name, lambda: JaccardIndex(batch.num_classes, ignore_index=IGNORE, validate_args=False)
-            )
-            iou.update(logits.argmax(dim=1), moved.masked_fill(~seen, IGNORE))
+            seen = visible_region(family, elements, batch.images)
+            record.iou(name, batch.num_classes, logits.argmax(dim=1), moved, seen)

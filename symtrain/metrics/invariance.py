@@ -4,7 +4,7 @@ equivariance error (segmentation)."""
 from __future__ import annotations
 
 from symtrain.metrics.base import Batch, Measure, Record
-from symtrain.metrics.functional import SpreadRelativeError, frame_region, visible_region
+from symtrain.metrics.functional import SpreadRelativeError, frame_region
 from symtrain.transforms import TransformFamily
 
 
@@ -52,5 +52,5 @@ class EquivarianceError(Measure):
         reference = batch.reference(family)
         error.update_reference(reference, frame_region(family, batch.images))
         for elements, logits in batch.test_views(family):
-            seen = visible_region(family, elements, batch.images)
+            seen = batch.visible(family, elements)
             error.update(logits, family.apply(reference, elements), seen)

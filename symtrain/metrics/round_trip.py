@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from symtrain.metrics.base import Batch, Measure, Record
-from symtrain.metrics.functional import SpreadRelativeError, frame_region, visible_region
-from symtrain.transforms import TransformFamily, disk_mask
+from symtrain.metrics.functional import SpreadRelativeError, frame_region
+from symtrain.transforms import TransformFamily
 
 
 class RoundTripError(Measure):
@@ -35,7 +35,7 @@ class RoundTripError(Measure):
         error.update_reference(reference, region if batch.segmentation else None)
         for element in family.test_elements():
             elements = batch.elements(element)
-            there = family.apply(family.canvas(batch.images), elements)
-            back = disk_mask(family.apply(there, family.inverse(elements)))
-            seen = visible_region(family, elements, batch.images) if batch.segmentation else None
+            # measured on the disk like every view (a disk family has no canvas to pad)
+            back = family.measured(family.apply(batch.images, elements), family.inverse(elements))
+            seen = batch.visible(family, elements) if batch.segmentation else None
             error.update(batch.net(back), reference, seen)
