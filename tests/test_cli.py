@@ -78,6 +78,7 @@ COMBINATIONS = [
     (["symmetry/augment_flip.yaml"], 0, None),
     (["symmetry/augment_affine.yaml"], 0, None),
     (["symmetry/augment_elastic.yaml"], 0, None),
+    (["symmetry/augment_diffeo.yaml"], 0, None),
     (["data/shapes.yaml", "trainer/cpu.yaml"], 0, None),
     (["symmetry/architectural.yaml"], 2, "StandardCNN does not declare exact rot90 invariance"),
     (["data/mnist.yaml"], 2, "--data.download true"),

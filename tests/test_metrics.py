@@ -19,6 +19,7 @@ from symtrain.module import Normalize, SymmetryNet
 from symtrain.transforms import (
     Affine,
     CircularShift,
+    Diffeo,
     Elastic,
     Flip,
     Rot90,
@@ -146,7 +147,7 @@ class AtIdentity(TransformFamily):
         return self.family.act_on_features(features, element, stride)
 
 
-ALL_FAMILIES = [Rot90(), Flip(), CircularShift(4), Shift(3), Rotation(), Affine(), Elastic()]
+ALL_FAMILIES = [Rot90(), Flip(), CircularShift(4), Shift(3), Rotation(), Affine(), Elastic(), Diffeo()]
 BACKBONES = {
     "cnn": lambda: StandardCNN(1, width=4, depth=2),
     "blur": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="blur"),
@@ -164,7 +165,11 @@ def test_every_measure_gives_the_known_answer_at_the_identity(backbone: str) -> 
     values = measure(
         cnn(BACKBONES[backbone]()), shapes_split(8, 17), EquivarianceMetrics(families, angle_step=0)
     )
-    errors = {k: v for k, v in values.items() if k.endswith("_error") or "/layer/" in k}
+    errors = {
+        k: v
+        for k, v in values.items()
+        if k.startswith("test/equiv/") and (k.endswith("_error") or "/layer/" in k)
+    }
     assert {f"test/equiv/{f.name}/invariance_error" for f in families} <= set(errors)
     assert "test/equiv/rotation/round_trip_error" in errors
     assert any("/layer/" in k for k in errors)

@@ -444,8 +444,10 @@ def test_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     ):
         assert 0 < figures[key] < 100, key
     shares = figures["augmentation_step_share"]
-    assert set(shares) == {"rot90", "flip", "shift", "rotation", "affine", "elastic"}
+    assert set(shares) == {"rot90", "flip", "shift", "rotation", "affine", "elastic", "diffeo"}
     assert all(0 < share < 1 for share in shares.values())
+    costs = figures["measure_epoch_share"]  # every measure has its row, the opt-in ones too
+    assert {"lie (test)", "diffeo (test)", "jaggedness (test)", "lie_layers (test, opt-in)"} <= set(costs)
     assert 0 < figures["startup_help_s"] < figures["startup_fit_help_s"] < 300
     assert 0 < figures["escnn"]["escnn_so2"]["fourier_export_infer_ratio"] < 100  # the Fourier twin
     assert len(figures["scaling"]) == 3 and all(row["epoch_s"] > 0 for row in figures["scaling"])

@@ -78,8 +78,12 @@ def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[st
     for run in ("cnn-s0", "cnn-s1", "aps-s0"):
         assert run in html and run in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| cnn + none | 2 |")]
-    # accuracy, then one table per measure: invariance error, round trip, consistency
-    assert len(rows) == 4 and all("±" in row for row in rows), rows
+    # accuracy, then one table per measure: invariance error, round trip, consistency,
+    # jaggedness, the Lie derivatives and relative stability to diffeomorphisms
+    assert len(rows) == 7 and all("±" in row for row in rows), rows
+    assert "| approach | seeds | D_f | G_f | R_f |" in markdown
+    lie = "| approach | seeds | translation_x | translation_y | rotation | scale | shear | stretch |"
+    assert lie in markdown
     assert any(line.startswith("| aps + none | 1 |") for line in markdown.splitlines())
     assert "stopped-early" in html, "an unfinished run is named, not shown"
     assert "invariance error" in html and "consistency" in html  # the definitions, from the measures
@@ -87,9 +91,13 @@ def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[st
     pngs = sorted(report["figures_dir"].glob("*.png"))
     assert [p.name for p in pngs] == [
         "accuracy_vs_angle.png",
+        "accuracy_vs_diagonal_shift.png",
         "accuracy_vs_shift.png",
+        "error_vs_stability.png",
         "examples.png",
         "layerwise.png",
+        "stability.png",
+        "stability_per_layer.png",
     ]
     for png in pngs:
         assert not_blank(Image.open(png)), png
@@ -121,7 +129,7 @@ def test_the_html_report_renders_in_headless_chromium(report: dict[str, Path], t
     assert browser, "the report test needs Chromium (make test installs it)"
     html = report["html"].read_text()
     sources = re.findall(r"<img [^>]*src='([^']+)'", html)
-    assert len(sources) == 4 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert len(sources) == 8 and all(src.startswith("data:image/png;base64,") for src in sources)
     assert "http" not in html.replace("http-equiv", ""), "self-contained: nothing to fetch"
     for src in sources:
         assert not_blank(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
@@ -137,8 +145,8 @@ def test_the_html_report_renders_in_headless_chromium(report: dict[str, Path], t
     url = report["html"].resolve().as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "<h1>tiny study</h1>" in dom.stdout and dom.stdout.count("<table>") == 4
-    assert dom.stdout.count("<img ") == 4
+    assert "<h1>tiny study</h1>" in dom.stdout and dom.stdout.count("<table>") == 7
+    assert dom.stdout.count("<img ") == 8
 
     screenshot = tmp_path / "report.png"
     shot = subprocess.run(

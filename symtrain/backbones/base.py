@@ -82,8 +82,15 @@ class Backbone(nn.Module):
         equivariance measurements (none by default)."""
         return {}
 
-    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
-        """The feature maps named by :meth:`layer_strides` for normalised ``images``."""
+    def layer_outputs(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, Tensor]:
+        """The feature maps named by :meth:`layer_strides` for normalised ``images``, in network
+        order; the last is :meth:`forward`'s output.
+
+        Args:
+            images: normalised images (B, C_in, H, W).
+            edit: when given, each named map is replaced by ``edit(name, map)`` before the rest of
+                the network reads it (how layer-wise Lie derivatives perturb one stage).
+        """
         return {}
 
     def act_on_layer(
@@ -93,6 +100,9 @@ class Backbone(nn.Module):
         act exactly. By default only spatially: plain channels carry no group action."""
         return family.act_on_features(features, element, self.layer_strides()[name])
 
+
+LayerEdit = Callable[[str, Tensor], Tensor]
+"""Replaces a named feature map inside the network: (name, features) -> features."""
 
 BackboneFactory = Callable[[int], Backbone]
 """A backbone class with its settings, still waiting for ``in_channels`` from the data."""

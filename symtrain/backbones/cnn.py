@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from symtrain.backbones.base import Backbone, Pyramid
+from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
 from symtrain.transforms import Exactness
 
 ConvPadding = Literal["zeros", "circular"]
@@ -166,13 +166,14 @@ class _StagedCNN(Backbone):
     def layer_strides(self) -> dict[str, int]:
         return {f"stage{stage + 1}": 2 ** (stage + 1) for stage in range(self.depth)}
 
-    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
+    def layer_outputs(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, Tensor]:
         per_stage = len(self.layers) // self.depth  # every stage ends in its downsampling
         outputs, features = {}, images
         for index, layer in enumerate(self.layers):
             features = layer(features)
             if (index + 1) % per_stage == 0:
-                outputs[f"stage{(index + 1) // per_stage}"] = features
+                name = f"stage{(index + 1) // per_stage}"
+                features = outputs[name] = features if edit is None else edit(name, features)
         return outputs
 
 

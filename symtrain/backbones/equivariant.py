@@ -23,7 +23,7 @@ from kornia.filters import filter2d
 from torch import Tensor, nn
 
 from symtrain._lazy import lazy_module
-from symtrain.backbones.base import Backbone, Pyramid
+from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
 from symtrain.errors import SymtrainError
 from symtrain.transforms import Exactness, TransformFamily, disk_mask
 
@@ -552,13 +552,16 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         pools = sum(isinstance(layer, escnn_layers.SymmetricBlurPool) for layer in self.layers.children())
         return {**{f"stage{i + 1}": 2 ** (i + 1) for i in range(pools)}, "invariant": 2**pools}
 
-    def layer_outputs(self, images: Tensor) -> dict[str, Tensor]:
+    def layer_outputs(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, Tensor]:
         outputs, features = {}, enn.GeometricTensor(self.mask(images), self.in_type)
         for layer in self.layers.children():
             features = layer(features)
             if isinstance(layer, escnn_layers.SymmetricBlurPool):
-                outputs[f"stage{len(outputs) + 1}"] = features.tensor
-        outputs["invariant"] = features.tensor
+                name = f"stage{len(outputs) + 1}"
+                if edit is not None:
+                    features = enn.GeometricTensor(edit(name, features.tensor), features.type)
+                outputs[name] = features.tensor
+        outputs["invariant"] = features.tensor if edit is None else edit("invariant", features.tensor)
         return outputs
 
     def act_on_layer(

@@ -3,8 +3,9 @@
 A :class:`Measure` reads one batch of the measured subset through a :class:`Batch` (which
 computes each view's outputs once, whichever measures ask for them) and adds values to a
 :class:`Record` of torchmetrics states, named ``{stage}/equiv/{family}/{key}`` (or
-``.../{key}/{part}``). Its docstring is its definition: the report, ``summary.json`` and the
-README take the text from there. A new measure is a new module here; nothing else changes.
+``.../{key}/{part}``), or, for a measure of no family, ``{stage}/{its own names}``
+(``test/lie/rotation``). Its docstring is its definition: the report, ``summary.json`` and
+the README take the text from there. A new measure is a new module here; nothing else changes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torchmetrics import MeanMetric, Metric
 from symtrain.errors import SymtrainError
 from symtrain.metrics.functional import visible_region
 from symtrain.metrics.iou import IGNORE, JaccardIndex
-from symtrain.transforms import TransformFamily
+from symtrain.transforms import Shift, TransformFamily
 
 Task = str  # "classification" or "segmentation"
 
@@ -37,12 +38,16 @@ class Settings:
         angle_step: spacing in degrees of the score-vs-angle curve (0 turns it off).
         max_shift: largest shift of the score-vs-shift curve, in pixels (0 turns it off).
         seed: seeds the random draws, so every run of the same data draws the same.
+        diffeo_delta: the typical displacement δ (pixels) of ``diffeo``'s deformations.
+        diffeo_cut: the high-frequency cut-off c of ``diffeo``'s deformations.
     """
 
     draws: int = 2
     angle_step: float = 15.0
     max_shift: int = 8
     seed: int = 0
+    diffeo_delta: float = 1.0
+    diffeo_cut: int = 3
 
 
 class Batch:
@@ -84,6 +89,19 @@ class Batch:
         everyone = family.sample(self.subset_size, generator)
         return everyone[self.positions.cpu()].to(self.images.device)
 
+    def normal(self, draw: int) -> Tensor:
+        """Standard normal noise shaped like the images, (B, C, H, W) on their device: draw
+        ``draw`` for each image, seeded by its position in the subset (the same however the
+        subset is cut into batches and processes)."""
+        shape = self.images.shape[1:]
+        noise = [
+            torch.randn(
+                shape, generator=torch.Generator().manual_seed((self.seed * 1_000_003 + draw) * 65_537 + p)
+            )
+            for p in self.positions.tolist()
+        ]
+        return torch.stack(noise).to(self.images)
+
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = compute()
@@ -110,6 +128,15 @@ class Batch:
             return views
 
         return self.once(("test", repr(family)), compute)
+
+    def shifted(self, max_shift: int, dy: int, dx: int) -> Tensor:
+        """The outputs for the images shifted by (dy, dx) pixels on a canvas zero-padded by
+        ``max_shift`` (the shift family's protocol), computed once for the curve and jaggedness."""
+        family = Shift(max_shift)
+        elements = self.elements(torch.tensor([float(dy), float(dx)]))
+        return self.once(
+            ("shifted", max_shift, dy, dx), lambda: self.net(family.measured(self.images, elements))
+        )
 
     def visible(self, family: TransformFamily, elements: Tensor) -> Tensor:
         """Where both views hold content (:func:`visible_region`) for one element shared by the
@@ -144,8 +171,8 @@ class Record:
 
 class Measure:
     """Base class of measures. Subclasses set the class attributes, write their definition as
-    the class docstring (first paragraph: the formula, as the report shows it) and implement
-    :meth:`update`.
+    the class docstring (the formula, then how it is computed: the report shows it all) and
+    implement :meth:`update`.
 
     Attributes:
         key: the measure's name in ``{stage}/equiv/{family}/{key}``; ``metrics.measures`` lists
@@ -158,7 +185,10 @@ class Measure:
         digits: decimals in the report.
         table: whether the report shows a table of it (a curve or a per-layer value does not).
         per_family: whether it is measured per family (``update`` gets each family and the
-            prefix ``{stage}/equiv/{family}``), or once per batch (no family, ``{stage}/equiv``).
+            prefix ``{stage}/equiv/{family}``), or once per batch (no family, prefix ``{stage}``).
+        columns: for a measure of no family with a table, its columns: label -> the value's
+            name after ``{stage}/``.
+        default: whether it runs when ``metrics.measures`` is not set (costly diagnostics opt in).
     """
 
     key: ClassVar[str]
@@ -170,6 +200,8 @@ class Measure:
     digits: ClassVar[int] = 3
     table: ClassVar[bool] = True
     per_family: ClassVar[bool] = True
+    columns: ClassVar[dict[str, str]] = {}
+    default: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -184,8 +216,9 @@ class Measure:
 
     @classmethod
     def definition(cls) -> str:
-        """The first paragraph of the docstring, on one line."""
-        return " ".join(inspect.getdoc(cls).split("\n\n")[0].replace("``", "").split())
+        """The docstring on one line: what the measure is, then how it is computed where that
+        differs from the paper (an ``Examples:`` section is left out)."""
+        return " ".join(inspect.getdoc(cls).split("Examples:")[0].replace("``", "").split())
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -198,6 +231,7 @@ class Measure:
             "scale": cls.scale,
             "digits": cls.digits,
             "table": cls.table,
+            "columns": dict(cls.columns),
         }
 
 
@@ -218,19 +252,32 @@ def registry() -> dict[tuple[Task, str], type[Measure]]:
     return found
 
 
-ORDER = ("acc", "invariance_error", "equivariance_error", "round_trip_error", "consistency", "layer", "curve")
+ORDER = (
+    "acc",
+    "invariance_error",
+    "equivariance_error",
+    "round_trip_error",
+    "consistency",
+    "massc",
+    "jaggedness",
+    "lie",
+    "diffeo",
+    "layer",
+    "lie_layers",
+    "curve",
+)
 
 
 def measures_for(task: Task, keys: list[str] | None) -> list[type[Measure]]:
-    """The measure classes of ``task`` named by ``keys`` (when None, all of this package's, in
-    the report's order).
+    """The measure classes of ``task`` named by ``keys`` (when None, this package's default ones,
+    in the report's order).
 
     Raises:
         SymtrainError: for a key no measure of that task has.
     """
     known = {key: cls for (kind, key), cls in registry().items() if kind == task}
     if keys is None:  # the package's own measures
-        own = [k for k, cls in known.items() if cls.__module__.startswith(f"{__package__}.")]
+        own = [k for k, c in known.items() if c.__module__.startswith(f"{__package__}.") and c.default]
         keys = sorted(own, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
     unknown = [key for key in keys if key not in known]
     if unknown:

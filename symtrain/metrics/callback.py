@@ -31,9 +31,11 @@ class EquivarianceMetrics(pl.Callback):
 
     Args:
         families: families to measure (default: rot90, flip, circular_shift, shift, rotation).
-        measures: the measures' keys (default: every measure of the task): ``acc``,
-            ``invariance_error`` (classification) or ``equivariance_error`` (segmentation),
-            ``round_trip_error``, ``consistency``, ``layer``, ``curve``.
+        measures: the measures' keys (default: every measure of the task but the opt-in
+            ``lie_layers``): ``acc``, ``invariance_error`` (classification) or
+            ``equivariance_error`` (segmentation), ``round_trip_error``, ``consistency``,
+            ``massc`` (segmentation), ``jaggedness`` (classification), ``lie``, ``diffeo``
+            (classification), ``layer``, ``lie_layers`` (classification), ``curve``.
         num_samples: size of the measured subset of the validation split during fit (kept
             small: it only follows the trend).
         test_num_samples: size of the measured subset of the test split (the reported values).
@@ -43,6 +45,8 @@ class EquivarianceMetrics(pl.Callback):
         angle_step: spacing in degrees of the score-vs-angle curve (0 turns it off).
         max_shift: largest shift in pixels of the score-vs-shift curve (0 turns it off).
         seed: seeds the subset and the random draws (the same on every run of the same data).
+        diffeo_delta: typical displacement δ in pixels of ``diffeo``'s deformations.
+        diffeo_cut: high-frequency cut-off c of ``diffeo``'s deformations.
         layerwise: only so that runs configured before ``measures`` existed still test and
             resume; ``false`` leaves ``layer`` out of the default measures.
     """
@@ -59,6 +63,8 @@ class EquivarianceMetrics(pl.Callback):
         angle_step: float = 15.0,
         max_shift: int = 8,
         seed: int = 0,
+        diffeo_delta: float = 1.0,
+        diffeo_cut: int = 3,
         layerwise: bool | None = None,
     ) -> None:
         super().__init__()
@@ -69,7 +75,14 @@ class EquivarianceMetrics(pl.Callback):
         self.test_num_samples = test_num_samples
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
-        self.settings = Settings(draws=draws, angle_step=angle_step, max_shift=max_shift, seed=seed)
+        self.settings = Settings(
+            draws=draws,
+            angle_step=angle_step,
+            max_shift=max_shift,
+            seed=seed,
+            diffeo_delta=diffeo_delta,
+            diffeo_cut=diffeo_cut,
+        )
         self.curves: dict[str, dict[str, list[float]]] = {}
         # Wall-clock seconds spent measuring, per stage (``val``, ``test``): what a run pays for them.
         self.seconds: dict[str, float] = defaultdict(float)
@@ -141,7 +154,7 @@ class EquivarianceMetrics(pl.Callback):
                 )
                 for measure in measures:
                     if not measure.per_family:
-                        measure.update(batch, None, record, f"{stage}/equiv")
+                        measure.update(batch, None, record, stage)
                         continue
                     for family in self.families:
                         if measure.applies(family):

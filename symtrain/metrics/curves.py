@@ -11,34 +11,38 @@ from symtrain.transforms import Rotation, Shift, TransformFamily
 
 class Curves(Measure):
     """Score against rotation angle (every ``angle_step`` degrees, on the disk, masked once
-    after the rotation) and against horizontal shift (0..``max_shift`` pixels, on a canvas
-    zero-padded by ``max_shift``: the shift family's protocol, so nothing leaves the frame);
-    accuracy for classification, mIoU on the pixels both views see for segmentation. Measured
-    at test, once per run (``summary.json``'s ``curves``, wandb line plots).
+    after the rotation) and against horizontal and diagonal shift (0..``max_shift`` pixels, by
+    (0, k) and (k, k), on a canvas zero-padded by ``max_shift``: the shift family's protocol,
+    so nothing leaves the frame; Zhang 2019 plots the diagonal); accuracy for classification,
+    mIoU on the pixels both views see for segmentation. Measured at test, once per run
+    (``summary.json``'s ``curves``, wandb line plots).
     """
 
     key = "curve"
     title = "curves"
     stages = ("test",)
     table = False
-    per_family = False  # its own two families, whichever the run measures
-    # family name -> the axis its curve is drawn against
-    axes = {"rotation": "angle", "shift": "pixels"}
+    per_family = False  # its own families, whichever the run measures
+    # curve name -> the axis it is drawn against
+    axes = {"rotation": "angle", "shift": "pixels", "shift_diagonal": "pixels"}
 
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
-        points: list[tuple[TransformFamily, str, torch.Tensor]] = []
+        points: list[tuple[str, str, TransformFamily, torch.Tensor]] = []
         if self.settings.angle_step > 0:
             for angle in torch.arange(0.0, 360.0, self.settings.angle_step).tolist():
-                points.append((Rotation(), f"{angle:g}", torch.tensor([angle])))
-        if self.settings.max_shift > 0:
-            for pixels in range(self.settings.max_shift + 1):
-                points.append(
-                    (Shift(self.settings.max_shift), str(pixels), torch.tensor([0.0, float(pixels)]))
-                )
-        for family, at, element in points:
+                points.append(("rotation", f"{angle:g}", Rotation(), torch.tensor([angle])))
+        m = self.settings.max_shift
+        if m > 0:
+            for pixels in range(m + 1):
+                points.append(("shift", str(pixels), Shift(m), torch.tensor([0.0, float(pixels)])))
+                points.append(("shift_diagonal", str(pixels), Shift(m), torch.tensor([float(pixels)] * 2)))
+        for curve, at, family, element in points:
             elements = batch.elements(element)
-            logits = batch.net(family.measured(batch.images, elements))
-            name = f"{prefix}/{family.name}/{self.key}/{at}"
+            if isinstance(family, Shift):
+                logits = batch.shifted(m, int(element[0]), int(element[1]))
+            else:
+                logits = batch.net(family.measured(batch.images, elements))
+            name = f"{prefix}/equiv/{curve}/{self.key}/{at}"
             if not batch.segmentation:
                 record.mean(name, (logits.argmax(dim=1) == batch.targets).float())
                 continue

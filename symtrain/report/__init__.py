@@ -65,8 +65,31 @@ def build_report(
             ),
         ),
         (
+            f"Test {task.score_label} against diagonal shift (k, k) (mean ± std over seeds)",
+            plots.score_curve(
+                approaches,
+                "test/shift_diagonal",
+                "pixels",
+                "diagonal shift (pixels along each axis, on a zero-padded canvas)",
+                figures_dir / f"{task.score_label.lower()}_vs_diagonal_shift.png",
+                task,
+            ),
+        ),
+        (
             "Layer-wise equivariance error of each stage's feature map (log scale below 1e-3 is linear)",
             plots.layerwise(approaches, measured, figures_dir / "layerwise.png"),
+        ),
+        (
+            "Lie derivatives |L_X f| and relative stability to diffeomorphisms R_f (mean over seeds)",
+            plots.stability(approaches, figures_dir / "stability.png"),
+        ),
+        (
+            "R_f of each stage's feature map, and each stage's share of the Lie derivatives where measured",
+            plots.stability_per_layer(approaches, figures_dir / "stability_per_layer.png"),
+        ),
+        (
+            "Test error against R_f, one point per run (Petrini et al. 2021's plot)",
+            plots.error_against_stability(approaches, task, figures_dir / "error_vs_stability.png"),
         ),
     ]
     example_path, note = None, None

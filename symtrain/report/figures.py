@@ -17,6 +17,9 @@ import yaml  # noqa: E402
 from symtrain.report.collect import Approach, Task  # noqa: E402
 from symtrain.transforms import CircularShift, Rot90, Rotation, TransformFamily  # noqa: E402
 
+# The Lie derivatives' generators, in the measure's order (symtrain.metrics.lie.GENERATORS).
+_GENERATORS = ("translation_x", "translation_y", "rotation", "scale", "shear", "stretch")
+
 _STYLE = {
     "figure.dpi": 110,
     "axes.grid": True,
@@ -77,48 +80,142 @@ def score_curve(
         return _save(figure, path)
 
 
+def _stages(approaches: list[Approach], prefix: str) -> list[str]:
+    """The feature maps with a value under ``prefix`` in any run, in network order: the stages,
+    then the invariant map, then the head."""
+    found = {k[len(prefix) :] for a in approaches for r in a.runs for k in r.metrics if k.startswith(prefix)}
+    return sorted(found, key=lambda stage: ({"invariant": 1, "head": 2}.get(stage, 0), stage))
+
+
+def _per_layer_panel(ax: plt.Axes, approaches: list[Approach], prefix: str) -> None:
+    """One line per approach: the mean over seeds of ``{prefix}{stage}`` against the stage."""
+    stages = _stages(approaches, prefix)
+    for approach in approaches:
+        points = [(i, approach.values(prefix + stage)) for i, stage in enumerate(stages)]
+        points = [(i, float(np.mean(v))) for i, v in points if v]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=approach.name)
+    ax.set_xticks(range(len(stages)), stages)
+
+
+def _panels(count: int, width: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:
+    figure, axes = plt.subplots(1, count, figsize=(width * count + 1.8, 3.4), squeeze=False)
+    return figure, list(axes[0])
+
+
+def _legend_beside(axes: list[plt.Axes]) -> None:
+    """One legend for all panels, beside the last: an approach may lack values in some."""
+    handles = {line.get_label(): line for ax in axes for line in ax.get_lines()}
+    handles.update({bars.get_label(): bars for ax in axes for bars in ax.containers})
+    axes[-1].legend(
+        handles.values(),
+        handles.keys(),
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+        frameon=False,
+    )
+
+
 def layerwise(approaches: list[Approach], families: list[str], path: Path) -> Path | None:
     """Relative equivariance error of each stage's feature map, per family and approach."""
-    with_layers = [
-        family
-        for family in families
-        if any(
-            k.startswith(f"test/equiv/{family}/layer/") for a in approaches for r in a.runs for k in r.metrics
-        )
-    ]
+    with_layers = [f for f in families if _stages(approaches, f"test/equiv/{f}/layer/")]
     if not with_layers:
         return None
     with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(
-            1, len(with_layers), figsize=(3.4 * len(with_layers) + 1.8, 3.4), squeeze=False
-        )
-        for ax, family in zip(axes[0], with_layers, strict=True):
-            prefix = f"test/equiv/{family}/layer/"
-            # Every approach on one x axis, in network order: stages, then the invariant output.
-            stages = sorted(
-                {
-                    k[len(prefix) :]
-                    for a in approaches
-                    for r in a.runs
-                    for k in r.metrics
-                    if k.startswith(prefix)
-                },
-                key=lambda stage: (stage == "invariant", stage),
-            )
-            for approach in approaches:
-                points = [(i, approach.values(prefix + stage)) for i, stage in enumerate(stages)]
-                points = [(i, float(np.mean(v))) for i, v in points if v]
-                if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=approach.name)
-            ax.set_xticks(range(len(stages)), stages)
+        figure, axes = _panels(len(with_layers))
+        for ax, family in zip(axes, with_layers, strict=True):
+            _per_layer_panel(ax, approaches, f"test/equiv/{family}/layer/")
             ax.set(title=family, xlabel="feature map", ylabel="relative equivariance error")
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.set_ylim(bottom=0)
-        # One legend for all panels: an approach may lack layer values for some families.
-        handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
-        beside = {"loc": "upper left", "bbox_to_anchor": (1.02, 1), "frameon": False}
-        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, **beside)
+        _legend_beside(axes)
         return _save(figure, path)
+
+
+def stability(approaches: list[Approach], path: Path) -> Path | None:
+    """Each Lie derivative and R_f per approach: one panel each, one bar per approach (mean over
+    seeds, the seeds' spread as an error bar), on log axes."""
+    keys = [k for k in (*(f"test/lie/{g}" for g in _GENERATORS), "test/diffeo/R_f") if _any(approaches, k)]
+    if not keys:
+        return None
+    with plt.rc_context(_STYLE):
+        figure, axes = _panels(len(keys), width=2.3)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, key in zip(axes, keys, strict=True):
+            for i, approach in enumerate(approaches):
+                values = approach.values(key)
+                if values:
+                    ax.bar(
+                        i,
+                        float(np.mean(values)),
+                        yerr=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                        color=colours[i % len(colours)],
+                        label=approach.name,
+                    )
+            ax.set_xticks([])
+            ax.set_yscale("log")
+            name = key.split("/", 2)[2]
+            ax.set_title(name.replace("lie/", "L: ").replace("diffeo/", ""), fontsize=10)
+        axes[0].set_ylabel("|L_X f| (per unit of t) or R_f")
+        _legend_beside(axes)
+        return _save(figure, path)
+
+
+def stability_per_layer(approaches: list[Approach], path: Path) -> Path | None:
+    """R_f of each stage's feature map and, where measured, each stage's share of every Lie
+    derivative, one line per approach."""
+    prefixes = [("R_f", "test/diffeo/R_f/layer/")]
+    prefixes += [(f"L: {g}", f"test/lie/{g}/layer/") for g in _GENERATORS]
+    prefixes = [(title, prefix) for title, prefix in prefixes if _stages(approaches, prefix)]
+    if not prefixes:
+        return None
+    with plt.rc_context(_STYLE):
+        figure, axes = _panels(len(prefixes), width=3.0)
+        for ax, (title, prefix) in zip(axes, prefixes, strict=True):
+            _per_layer_panel(ax, approaches, prefix)
+            ax.set(title=title, xlabel="feature map")
+            if title == "R_f":
+                low, high = ax.get_ylim()
+                if low > 0 and high / low > 10:  # log only where it spreads a decade or more
+                    ax.set_yscale("log")
+            else:
+                ax.axhline(0, color="0.5", linewidth=0.8)
+        axes[0].set_ylabel("R_f, or share of |L_X f|")
+        _legend_beside(axes)
+        return _save(figure, path)
+
+
+def error_against_stability(approaches: list[Approach], task: Task, path: Path) -> Path | None:
+    """Test error against R_f, one point per run (Petrini et al. 2021's plot), with the paper's
+    fit on CIFAR-10, error ≈ 0.2·√R_f, for reference."""
+    if task.name != "classification" or not _any(approaches, "test/diffeo/R_f"):
+        return None
+    with plt.rc_context(_STYLE):
+        figure, ax = plt.subplots(figsize=(6.4, 3.6))
+        every = []
+        for approach in approaches:
+            points = [
+                (run.metrics["test/diffeo/R_f"], 1 - run.metrics["test/acc"])
+                for run in approach.runs
+                if "test/diffeo/R_f" in run.metrics and "test/acc" in run.metrics
+            ]
+            if points:
+                ax.scatter(*zip(*points, strict=True), label=approach.name, s=60, zorder=3)
+                every += [p[0] for p in points]
+        if every:
+            r = np.geomspace(min(every) / 2, max(max(every) * 2, 1.0), 50)
+            reference = "0.2·√R_f (Petrini et al. 2021, CIFAR-10)"
+            ax.plot(r, 0.2 * np.sqrt(r), "--", color="tab:purple", linewidth=2, label=reference)
+        ax.set(xscale="log", xlabel="R_f (relative stability to diffeomorphisms)", ylabel="test error")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+        return _save(figure, path)
+
+
+def _any(approaches: list[Approach], key: str) -> bool:
+    return any(approach.values(key) for approach in approaches)
 
 
 def _act(family: TransformFamily, element: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,0 +1,173 @@
+"""The Lie derivative (Gruver et al. 2022, "The Lie Derivative for Measuring Learned
+Equivariance"): how fast the output changes along a continuous transformation, end to end and
+per stage."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from symtrain.metrics.base import Batch, Measure, Record
+from symtrain.metrics.functional import frame_region
+from symtrain.transforms import Rotation, TransformFamily, disk_mask
+
+# Each generator's vector field v(p) = A p + b, in pixels per unit of t, with p = (x, y) the
+# pixel's position about the image centre (x to the right, y down). t is in pixels for the
+# translations, radians for the rotation (counter-clockwise as shown), log-scale for the scale,
+# and the dimensionless amount of the shear and the (area-preserving) stretch.
+GENERATORS: dict[str, tuple[tuple[tuple[float, float], tuple[float, float]], tuple[float, float]]] = {
+    "translation_x": (((0, 0), (0, 0)), (1, 0)),
+    "translation_y": (((0, 0), (0, 0)), (0, 1)),
+    "rotation": (((0, 1), (-1, 0)), (0, 0)),
+    "scale": (((1, 0), (0, 1)), (0, 0)),
+    "shear": (((0, 1), (0, 0)), (0, 0)),
+    "stretch": (((1, 0), (0, -1)), (0, 0)),
+}
+
+
+def tangent(features: Tensor, generator: str, stride: int = 1) -> Tensor:
+    """d/dt of ``features`` (B, C, h, w) moved by the generator at t = 0: −v·∇, with the
+    gradient by central differences and zeros beyond the frame (the zero fill of the warp).
+    On a map whose cells are ``stride`` pixels apart, translations move it by 1/stride cells
+    per pixel; the linear fields are the same in any unit.
+
+    Central differences are the exact derivative at t = 0 of a Catmull-Rom (bicubic) warp, and
+    the symmetric difference quotient of a bilinear one; the paper differentiates its bilinear
+    warp with autograd at t = 0, which at the pixel centres is a one-sided difference, biased
+    by half a pixel.
+
+    Examples:
+        >>> ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 3, 5)  # brightness rising to the right
+        >>> tangent(ramp, "translation_x")[0, 0, 1, 1:4].tolist()  # moving right darkens every pixel
+        [-1.0, -1.0, -1.0]
+    """
+    (a, b), (c, d) = GENERATORS[generator][0]
+    bx, by = GENERATORS[generator][1]
+    height, width = features.shape[-2:]
+    y = torch.arange(height, device=features.device, dtype=features.dtype)[:, None] - (height - 1) / 2
+    x = torch.arange(width, device=features.device, dtype=features.dtype)[None, :] - (width - 1) / 2
+    vx = a * x + b * y + bx / stride
+    vy = c * x + d * y + by / stride
+    padded = nn.functional.pad(features, (1, 1, 1, 1))
+    dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    return -(vx * dx + vy * dy)
+
+
+def _frame(images: Tensor, generator: str) -> Tensor:
+    """The images as the generator is measured on: the rotation on the inscribed disk (as the
+    rotation family's measurements), everything else on the grid."""
+    return disk_mask(images) if generator == "rotation" else images
+
+
+def lie_derivative(net: nn.Module, images: Tensor, generator: str, dense: bool = False) -> Tensor:
+    """L_X f(x) = d/dt softmax f(g_t·x) at t = 0, (B, K) (or (B, K, H, W) for ``dense`` outputs,
+    warped back: d/dt g_t⁻¹·softmax f(g_t·x)), by one forward-mode derivative (``torch.func.jvp``)
+    along :func:`tangent`."""
+    images = _frame(images, generator)
+
+    def probabilities(x: Tensor) -> Tensor:
+        return net(x).softmax(dim=1)
+
+    output, derivative = torch.func.jvp(probabilities, (images,), (tangent(images, generator),))
+    return derivative - tangent(output, generator) if dense else derivative
+
+
+class LieDerivative(Measure):
+    """Mean over images of the mean over classes (and, for segmentation, pixels) of |L_X f|,
+    L_X f = d/dt softmax f(g_t·x) at t = 0 (Gruver et al. 2022), for each generator X:
+    translation_x, translation_y (t in pixels), rotation (radians, about the centre, on the
+    inscribed disk), scale (log-scale), shear (x += t·y) and stretch (x·eᵗ, y·e⁻ᵗ), t's
+    unit per generator, with pixel coordinates about the image centre. 0 for a model invariant
+    (for segmentation, equivariant: the output is warped back) to the transformation; a
+    probability per unit of t.
+
+    Computed exactly by one forward-mode derivative per generator (torch.func.jvp) along
+    d/dt g_t·x = −v·∇x, the image's gradient by central differences with zeros beyond the
+    frame: the derivative of a Catmull-Rom warp at t = 0 (the paper's autograd through a
+    bilinear warp takes a one-sided difference at the pixel centres).
+    """
+
+    key = "lie"
+    title = "Lie derivative"
+    caption = "Lie derivative |L_X f| of the softmax output (probability per unit of t; 0 = invariant)"
+    stages = ("test",)
+    per_family = False
+    scale, digits = 1.0, 4
+    columns: ClassVar[dict[str, str]] = {name: f"lie/{name}" for name in GENERATORS}
+
+    def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
+        for generator in GENERATORS:
+            derivative = lie_derivative(batch.net, batch.images, generator, batch.segmentation).abs()
+            if batch.segmentation and generator == "rotation":  # on the disk, like the rotation family
+                inside = frame_region(Rotation(), batch.images).to(derivative.dtype)
+                per_image = (derivative * inside).sum(dim=(-2, -1)).mean(dim=1) / inside.sum()
+            else:
+                per_image = derivative.flatten(1).mean(dim=1)
+            record.mean(f"{prefix}/lie/{generator}", per_image)
+
+
+class LieLayerShares(Measure):
+    """Each stage's share of the Lie derivative: the stage's own Lie derivative
+    L_X Φ_k(h) = d/dt g_t⁻¹·Φ_k(g_t·h) pushed through the rest of the network, C_k (Gruver et
+    al. 2022's layer-wise decomposition; the head's share is the pooling's own), so that
+    Σ_k C_k = L_X f exactly. Reported as the mean over images and classes of C_k·sign(L_X f),
+    which add up to the end-to-end |L_X f| of ``lie``. Exact (one forward-mode derivative per
+    stage), where the paper estimates each layer's squared norm with Hutchinson probes; those
+    norms do not add up.
+    """
+
+    key = "lie_layers"
+    title = "Lie derivative per stage"
+    tasks = ("classification",)
+    stages = ("test",)
+    per_family = False
+    table = False
+    default = False  # 1 + (stages) derivatives per generator: opt in with metrics.measures
+
+    def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
+        for generator, shares in layer_shares(batch.net, batch.images, generator=None).items():
+            for name, share in shares.items():
+                record.mean(f"{prefix}/lie/{generator}/layer/{name}", share)
+
+
+def layer_contributions(net: nn.Module, images: Tensor, generator: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_X f (B, K) and each stage's contribution C_k (B, K), plus the head's, with
+    Σ_k C_k = L_X f. E_k, the output's derivative when only stage k's map moves (E_0: the
+    image), gives C_k = E_{k−1} − E_k and the head's E_last."""
+    backbone = net.backbone
+    strides = backbone.layer_strides()
+    names = list(strides)
+    moved = [lie_derivative(net, images, generator)]  # E_0: the image moves
+    normalised = net.normalize(_frame(images, generator))
+    for name in names:
+
+        def output(amount: Tensor, name: str = name) -> Tensor:
+            def edit(layer: str, features: Tensor) -> Tensor:
+                if layer != name:
+                    return features
+                return features + amount * tangent(features, generator, strides[layer])
+
+            features = backbone.layer_outputs(normalised, edit)[names[-1]]
+            return net.head(features).softmax(dim=1)
+
+        zero = torch.zeros((), device=images.device, dtype=images.dtype)
+        moved.append(torch.func.jvp(output, (zero,), (torch.ones_like(zero),))[1])
+    contributions = {name: moved[k] - moved[k + 1] for k, name in enumerate(names)}
+    contributions["head"] = moved[-1]
+    return moved[0], contributions
+
+
+def layer_shares(net: nn.Module, images: Tensor, generator: str | None) -> dict[str, dict[str, Tensor]]:
+    """Per generator (all when None), each stage's per-image share mean_k C_k·sign(L_X f), (B,)."""
+    generators = list(GENERATORS) if generator is None else [generator]
+    if not net.backbone.layer_strides():
+        return {}
+    shares = {}
+    for name in generators:
+        total, contributions = layer_contributions(net, images, name)
+        sign = total.sign()
+        shares[name] = {layer: (c * sign).mean(dim=1) for layer, c in contributions.items()}
+    return shares
