@@ -95,7 +95,7 @@ def _per_layer_panel(ax: plt.Axes, approaches: list[Approach], prefix: str) -> N
         points = [(i, float(np.mean(v))) for i, v in points if v]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=approach.name)
-    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xticks(range(len(stages)), stages, rotation=30 if len(stages) > 3 else 0)
 
 
 def _panels(count: int, width: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -107,6 +107,7 @@ def _legend_beside(axes: list[plt.Axes]) -> None:
     """One legend for all panels, beside the last: an approach may lack values in some."""
     handles = {line.get_label(): line for ax in axes for line in ax.get_lines()}
     handles.update({bars.get_label(): bars for ax in axes for bars in ax.containers})
+    handles = {label: handle for label, handle in handles.items() if not label.startswith("_")}  # guides
     axes[-1].legend(
         handles.values(),
         handles.keys(),
