@@ -1,7 +1,7 @@
 """Transformation families: the one place that says what "a symmetry" is.
 
 A family (rot90, flip, circular shift, shift with zero fill, continuous rotation, affine,
-elastic) knows how to
+elastic, smooth diffeomorphisms) knows how to
 
 * act on an image batch with given per-sample elements (:meth:`TransformFamily.apply`),
   used by measurements that must be reproducible;
@@ -557,7 +557,7 @@ class Diffeo(TransformFamily):
     repeated. The temperature T is set from the target displacement δ (pixels) with the
     paper's T = 4δ² / (π n² ln c), so the displacement in pixels is √T·n·u whatever the
     image's side n: ⟨‖τ‖²⟩ ≈ δ² over the image (the paper's estimate; for c = 3 the exact sum
-    gives a root-mean-square displacement of 0.89 δ).
+    gives a root-mean-square displacement of 0.82 δ).
 
     Element: the 2c² standard-normal coefficients (x then y; modes outside the cut-off are
     unused); all zeros is the identity. Random elements are fresh normals; the test elements

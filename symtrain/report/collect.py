@@ -98,7 +98,7 @@ def families(approaches: list[Approach]) -> list[str]:
         for key in run.metrics
         if key.startswith("test/equiv/")
     }
-    preferred = ["rot90", "flip", "circular_shift", "shift", "rotation", "affine", "elastic"]
+    preferred = ["rot90", "flip", "circular_shift", "shift", "rotation", "affine", "elastic", "diffeo"]
     return [name for name in preferred if name in names] + sorted(names - set(preferred))
 
 
