@@ -6,8 +6,9 @@ elastic, smooth diffeomorphisms) knows how to
 * act on an image batch with given per-sample elements (:meth:`TransformFamily.apply`),
   used by measurements that must be reproducible;
 * sample random elements (:meth:`TransformFamily.sample`);
-* build the equivalent random kornia augmentation (:meth:`TransformFamily.augmentation`),
-  run on the batch's device by the augmentation strategy;
+* augment training batches with random elements (:meth:`TransformFamily.augmentation`, a
+  :class:`FamilyAugmentation`: ``sample`` and ``apply`` in kornia's augmentation machinery,
+  so the augmentation is the measured action by construction), on the batch's device;
 * say whether its action on the pixel grid is exact (a permutation of pixels: rot90, flips,
   integer rolls) or interpolated/lossy (everything else);
 * say how a measurement sees it (:meth:`TransformFamily.measured`, on the frame of
@@ -32,6 +33,7 @@ from symtrain.errors import SymtrainError
 
 Exactness = Literal["exact", "approximate"]
 Frame = Literal["grid", "disk", "canvas"]
+Device = torch.device | str | None
 
 
 def disk_mask(images: Tensor) -> Tensor:
@@ -95,12 +97,14 @@ class TransformFamily:
     # (zero-fill shifts: nothing leaves it).
     frame: ClassVar[Frame] = "grid"
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` random elements, shape (n, P), on the CPU."""
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        """Draw ``n`` random elements, shape (n, P), on ``device`` (the CPU by default; training
+        draws them on the batch's device, so no copy waits for it)."""
         raise NotImplementedError
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
-        """Act on ``images`` (B, C, H, W) with one element per sample, ``elements`` (B, P)."""
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
+        """Act on ``images`` (B, C, H, W) with one element per sample, ``elements`` (B, P);
+        interpolating families resample with ``mode`` (``nearest`` for class masks)."""
         raise NotImplementedError
 
     def test_elements(self) -> Tensor:
@@ -142,8 +146,10 @@ class TransformFamily:
         return None
 
     def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        """A kornia augmentation drawing random elements of this family with probability p."""
-        raise NotImplementedError
+        """A kornia augmentation drawing random elements of this family (:meth:`sample`) and
+        applying them with :meth:`apply`, each sample with probability p: the augmentation is
+        the measured action by construction."""
+        return FamilyAugmentation(self, p)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -159,16 +165,14 @@ class Rot90(TransformFamily):
     name = "rot90"
     exact = True
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randint(0, 4, (n, 1), generator=generator).float()
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return torch.randint(0, 4, (n, 1), generator=generator, device=device).float()
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
-        quarter_turns = elements[:, 0].to(images.device).round().long() % 4  # (B,)
-        out = images.clone()
-        for k in range(1, 4):
-            chosen = quarter_turns == k
-            if chosen.any():
-                out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
+        quarter_turns = (elements[:, 0].to(images.device).round().long() % 4).view(-1, 1, 1, 1)
+        out = images
+        for k in range(1, 4):  # every rotation, chosen per sample: no host sync on a GPU
+            out = torch.where(quarter_turns == k, torch.rot90(images, k, dims=(-2, -1)), out)
         return out
 
     def test_elements(self) -> Tensor:
@@ -183,9 +187,6 @@ class Rot90(TransformFamily):
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return torch.rot90(features, int(element[0]) % 4, dims=(-2, -1))
-
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        return K.RandomRotation90(times=(0, 3), p=p)
 
 
 class Flip(TransformFamily):
@@ -203,10 +204,10 @@ class Flip(TransformFamily):
     def __init__(self, axis: Literal["horizontal", "vertical"] = "horizontal") -> None:
         self.axis = axis
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randint(0, 2, (n, 1), generator=generator).float()
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return torch.randint(0, 2, (n, 1), generator=generator, device=device).float()
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
         dim = -1 if self.axis == "horizontal" else -2
         flipped = elements[:, 0].to(images.device).round().bool().view(-1, *([1] * (images.dim() - 1)))
         return torch.where(flipped, images.flip(dim), images)
@@ -224,15 +225,10 @@ class Flip(TransformFamily):
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return self.apply(features, element.view(1, -1).expand(len(features), -1))
 
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        if self.axis == "horizontal":
-            return K.RandomHorizontalFlip(p=p)
-        return K.RandomVerticalFlip(p=p)
 
-
-def _integer_shifts(n: int, max_pixels: int, generator: torch.Generator | None) -> Tensor:
+def _integer_shifts(n: int, max_pixels: int, generator: torch.Generator | None, device: Device) -> Tensor:
     # Uniform in [-m, m)^2, the offsets of Zhang 2019's and Chaman & Dokmanic's consistency.
-    return torch.randint(-max_pixels, max_pixels, (n, 2), generator=generator).float()
+    return torch.randint(-max_pixels, max_pixels, (n, 2), generator=generator, device=device).float()
 
 
 def _spread_shifts(max_pixels: int) -> Tensor:
@@ -269,8 +265,8 @@ class CircularShift(TransformFamily):
     def __init__(self, max_pixels: int = 8) -> None:
         self.max_pixels = max_pixels
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return _integer_shifts(n, self.max_pixels, generator)
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return _integer_shifts(n, self.max_pixels, generator, device)
 
     def test_elements(self) -> Tensor:
         return _spread_shifts(self.max_pixels)
@@ -278,7 +274,7 @@ class CircularShift(TransformFamily):
     def inverse(self, elements: Tensor) -> Tensor:
         return -elements
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
         # torch.roll takes one shift per call; group the batch by distinct shifts.
         shifts = elements.to(images.device).round().long()
         out = torch.empty_like(images)
@@ -325,8 +321,8 @@ class Shift(TransformFamily):
     def __init__(self, max_pixels: int = 4) -> None:
         self.max_pixels = max_pixels
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return _integer_shifts(n, self.max_pixels, generator)
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return _integer_shifts(n, self.max_pixels, generator, device)
 
     def test_elements(self) -> Tensor:
         return _spread_shifts(self.max_pixels)
@@ -337,19 +333,13 @@ class Shift(TransformFamily):
     def canvas(self, images: Tensor) -> Tensor:
         return torch.nn.functional.pad(images, [self.max_pixels] * 4)
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
         matrix = torch.zeros(elements.shape[0], 2, 3, dtype=images.dtype, device=images.device)
         matrix[:, 0, 0] = 1.0
         matrix[:, 1, 1] = 1.0
         matrix[:, 0, 2] = elements[:, 1].to(images)
         matrix[:, 1, 2] = elements[:, 0].to(images)
         return warp_affine(images, matrix, images.shape[-2:], mode="nearest", align_corners=True)
-
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        height, width = image_size
-        # kornia samples fractions of the image size; nearest resampling keeps shifts on the grid.
-        fy, fx = self.max_pixels / height, self.max_pixels / width
-        return K.RandomTranslate((-fx, fx), (-fy, fy), resample="nearest", p=p)
 
 
 class Rotation(TransformFamily):
@@ -376,8 +366,8 @@ class Rotation(TransformFamily):
     def __init__(self, degrees: float = 180.0) -> None:
         self.degrees = degrees
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return (torch.rand(n, 1, generator=generator) * 2 - 1) * self.degrees
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return (torch.rand(n, 1, generator=generator, device=device) * 2 - 1) * self.degrees
 
     def test_elements(self) -> Tensor:
         golden = (math.sqrt(5) - 1) / 2  # 0.618...
@@ -388,13 +378,8 @@ class Rotation(TransformFamily):
     def inverse(self, elements: Tensor) -> Tensor:
         return -elements
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
-        # align_corners=True matches kornia's RandomRotation, so a measured element is the
-        # same warp that augmentation applies.
-        return rotate(images, elements[:, 0].to(images), align_corners=True)
-
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        return K.RandomRotation(degrees=self.degrees, p=p, align_corners=True)
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
+        return rotate(images, elements[:, 0].to(images), mode=mode, align_corners=True)
 
 
 class Affine(TransformFamily):
@@ -425,8 +410,8 @@ class Affine(TransformFamily):
         self.scale = scale
         self.shear = shear
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        uniform = torch.rand(n, 5, generator=generator) * 2 - 1  # (n, 5) in [-1, 1]
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        uniform = torch.rand(n, 5, generator=generator, device=device) * 2 - 1  # (n, 5) in [-1, 1]
         low, high = self.scale
         return torch.stack(
             [
@@ -451,7 +436,7 @@ class Affine(TransformFamily):
             [[d, t, -t, high, s], [-d, -t, t, low, -s], [d, -t, -t, low, -s], [-d, t, t, high, s]]
         )
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
         height, width = images.shape[-2:]
         angle, dy, dx, scale, shear = elements.to(images).unbind(dim=1)
         theta, phi = angle * math.pi / 180, shear * math.pi / 180
@@ -468,19 +453,7 @@ class Affine(TransformFamily):
             ],
             dim=1,
         )  # (B, 2, 3)
-        return warp_affine(images, matrix, (height, width), align_corners=True)
-
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        height, width = image_size
-        translate = (self.max_pixels / width, self.max_pixels / height)
-        return K.RandomAffine(
-            degrees=self.degrees,
-            translate=translate,
-            scale=self.scale,
-            shear=(-self.shear, self.shear),
-            align_corners=True,
-            p=p,
-        )
+        return warp_affine(images, matrix, (height, width), mode=mode, align_corners=True)
 
 
 class Elastic(TransformFamily):
@@ -504,40 +477,32 @@ class Elastic(TransformFamily):
         self.sigma = sigma
         self.kernel_size = kernel_size
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        # seeds stay on the CPU whatever the device: apply reads them to seed each field
         return torch.randint(0, 2**24, (n, 1), generator=generator).float()  # exact in float32
 
     def identity(self) -> Tensor:
         return torch.tensor([-1.0])
 
-    def apply(self, images: Tensor, elements: Tensor) -> Tensor:
-        batch, _, height, width = images.shape
+    def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
+        _, _, height, width = images.shape
         seeds = elements[:, 0].long().tolist()
-        noise = torch.empty(batch, 2, height, width)
-        for i, seed in enumerate(seeds):
-            noise[i] = torch.rand(2, height, width, generator=torch.Generator().manual_seed(max(seed, 0)))
-        noise = (noise * 2 - 1).to(images)
-        kept = torch.tensor([seed < 0 for seed in seeds], device=images.device).view(-1, 1, 1, 1)
-        return torch.where(kept, images, self._deform(images, noise))
-
-    def _deform(self, images: Tensor, noise: Tensor) -> Tensor:
-        return elastic_transform2d(
+        noise = []
+        for seed in seeds:  # each field from its own seed, drawn where the images are
+            generator = torch.Generator(images.device).manual_seed(max(seed, 0))
+            noise.append(torch.rand(2, height, width, generator=generator, device=images.device))
+        noise = torch.stack(noise).to(images.dtype) * 2 - 1
+        kept = torch.tensor([seed < 0 for seed in seeds]).to(images.device).view(-1, 1, 1, 1)
+        deformed = elastic_transform2d(
             images,
             noise,
             kernel_size=(self.kernel_size, self.kernel_size),
             sigma=(self.sigma, self.sigma),
             alpha=(self.alpha, self.alpha),
             align_corners=True,
+            mode=mode,
         )
-
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        return K.RandomElasticTransform(
-            kernel_size=(self.kernel_size, self.kernel_size),
-            sigma=(self.sigma, self.sigma),
-            alpha=(self.alpha, self.alpha),
-            align_corners=True,
-            p=p,
-        )
+        return torch.where(kept, images, deformed)
 
 
 def sine_modes(size: int, cut: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -579,8 +544,8 @@ class Diffeo(TransformFamily):
         self.delta = float(delta)
         self.cut = int(cut)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, 2 * self.cut**2, generator=generator)
+    def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
+        return torch.randn(n, 2 * self.cut**2, generator=generator, device=device)
 
     def displacement(self, elements: Tensor, height: int, width: int) -> Tensor:
         """The displacement fields (B, 2, H, W) in pixels, x then y, of ``elements`` (B, 2c²)."""
@@ -611,21 +576,33 @@ class Diffeo(TransformFamily):
         identity = (elements == 0).all(dim=1).to(images.device).view(-1, 1, 1, 1)
         return torch.where(identity, images, moved)  # the identity exactly, not up to rounding
 
-    def augmentation(self, p: float, image_size: tuple[int, int]) -> K.AugmentationBase2D:
-        return RandomDiffeo(self, p=p)
 
+class FamilyAugmentation(K.AugmentationBase2D):
+    """A family's random augmentation: kornia's augmentation machinery (probability per
+    sample, pipelines, masks, replay of the drawn parameters) around the family's own
+    :meth:`~TransformFamily.sample` and :meth:`~TransformFamily.apply`, so training sees
+    exactly the action that measurements apply, with elements drawn on the batch's device.
+    Masks are moved by the same elements with nearest-neighbour resampling.
 
-class RandomDiffeo(K.AugmentationBase2D):
-    """kornia augmentation drawing :class:`Diffeo` elements and applying them with
-    :meth:`Diffeo.apply` itself (no kornia warp does this), so training sees exactly the
-    deformations that are measured. Masks are resampled with nearest neighbour."""
+    Hand-written around kornia rather than one of kornia's own random augmentations: those
+    draw and warp by their own conventions (a flip with p = 1 mirrors every image; quarter turns
+    drawn from a rounded uniform range come out 0 and 3 half as often as 1 and 2), which a
+    measurement of the family would not replay.
 
-    def __init__(self, family: Diffeo, p: float = 1.0) -> None:
+    Examples:
+        >>> augmentation = FamilyAugmentation(Rot90(), p=1.0)
+        >>> images = torch.rand(4, 1, 8, 8)
+        >>> out = augmentation(images)
+        >>> torch.equal(out, Rot90().apply(images, augmentation._params["elements"]))
+        True
+    """
+
+    def __init__(self, family: TransformFamily, p: float = 1.0) -> None:
         super().__init__(p=p, same_on_batch=False, p_batch=1.0, keepdim=False)
         self.family = family
 
     def generate_parameters(self, shape: tuple[int, ...]) -> dict[str, Tensor]:
-        return {"elements": self.family.sample(shape[0])}
+        return {"elements": self.family.sample(shape[0], device=self.device)}
 
     def apply_transform(
         self, input: Tensor, params: dict[str, Tensor], flags: dict, transform: Tensor | None = None

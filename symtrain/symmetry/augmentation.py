@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import kornia.augmentation as K
-from kornia.constants import DataKey, Resample
 from torch import Tensor
 
 from symtrain.errors import SymtrainError
@@ -15,7 +14,10 @@ class Augmentation(SymmetryStrategy):
     """Apply random elements of each family, in order, to every training batch.
 
     The augmentation runs batched on the batch's device (GPU when training on one). Each
-    family is applied with probability ``p``; unlike kornia's own default of 0.5, it is 1.
+    family draws its own random elements and applies them with its own ``apply``, the action
+    the measurements use (:class:`~symtrain.transforms.FamilyAugmentation`), to each sample
+    with probability ``p``; unlike kornia's own default of 0.5, it is 1 (a random element of a
+    family includes the identity: a flip family flips half of the images).
 
     Args:
         families: the transformation families to sample from.
@@ -53,12 +55,9 @@ class Augmentation(SymmetryStrategy):
         """The kornia pipeline for one image size (pixel-valued magnitudes depend on it)."""
         image_size = tuple(image_size)
         if image_size not in self._pipelines:
+            # Each family's augmentation moves masks itself, by the same elements, nearest neighbour.
             self._pipelines[image_size] = K.AugmentationSequential(
-                *(family.augmentation(self.p, image_size) for family in self.families),
-                # Masks: nearest neighbour (kornia's default), with the images' grid convention
-                # (align_corners=True, as every family warps); kornia's default leaves it unset
-                # for masks, and the elastic warp then falls back to align_corners=False.
-                extra_args={DataKey.MASK: {"resample": Resample.NEAREST, "align_corners": True}},
+                *(family.augmentation(self.p, image_size) for family in self.families)
             )
         return self._pipelines[image_size]
 
