@@ -61,17 +61,25 @@ def run() -> None:
         # processes a DDP launcher starts inherit it.
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    if sys.argv[1:] in (["-h"], ["--help"]):
+    main()
+
+
+def main(args: list[str] | None = None) -> None:
+    """The one dispatcher of symtrain's subcommands: the top-level help, ``compare`` and
+    ``report`` (symtrain's own, without importing Lightning's CLI: a report needs none of it),
+    and LightningCLI's fit, validate, test and predict."""
+    argv = sys.argv[1:] if args is None else args
+    if argv in (["-h"], ["--help"]):
         print_help()
         return
     from symtrain.compare import COMMANDS, run_command
 
-    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
-        run_command(sys.argv[1:])  # without importing Lightning's CLI: a report needs none of it
+    if argv[:1] and argv[0] in COMMANDS:
+        run_command(argv)
         return
-    from symtrain.cli import main
+    from symtrain.cli import main as lightning_main
 
-    main()
+    lightning_main(args)
 
 
 if __name__ == "__main__":

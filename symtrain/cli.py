@@ -8,11 +8,8 @@ offline, a ``summary.json``, test-after-fit, and one-line errors for user mistak
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -30,11 +27,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
-from symtrain.backbones import Backbone
 from symtrain.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
 from symtrain.clock import seconds_since_start
 from symtrain.data import ImageDataModule
-from symtrain.errors import SymtrainError
+from symtrain.errors import SymtrainError, one_line_error
 from symtrain.metrics import EquivarianceMetrics
 from symtrain.module import SymmetryModule
 from symtrain.recovery import (
@@ -58,9 +54,7 @@ from symtrain.runs import (
     write_atomically,
     write_summary,
 )
-from symtrain.symmetry import SymmetryStrategy
 from symtrain.timings import Timings
-from symtrain.transforms import TransformFamily
 
 # Expected by design, so not worth a user's attention: the model (not the data) moves batches
 # to floats and augments them on the device, and in-memory tensors need no loader workers.
@@ -71,69 +65,8 @@ logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 _RUN_DIR_ENV = "SYMTRAIN_RUN_DIR"
 
+
 # The last segment of a config key whose value is a plugin, and the base class of its choices.
-_PLUGIN_BASES: dict[str, type] = {
-    "backbone": Backbone,
-    "symmetry": SymmetryStrategy,
-    "families": TransformFamily,
-    "data": ImageDataModule,
-}
-
-
-def _subclass_names(base: type) -> list[str]:
-    names, stack = set(), [base]
-    while stack:
-        for sub in stack.pop().__subclasses__():
-            stack.append(sub)
-            if sub.__module__.startswith("symtrain.") and not sub.__name__.startswith("_"):
-                names.add(sub.__name__)
-    return sorted(names)
-
-
-def _options_of(class_path: str) -> list[str]:
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        return []
-    return [name for name in inspect.signature(cls).parameters if name not in ("self", "in_channels")]
-
-
-def one_line_error(message: str) -> str:
-    r"""Condense a (nested, multi-line) jsonargparse error into one line naming the full key,
-    what is wrong, and the valid choices where there is a list of them.
-
-    Examples:
-        >>> one_line_error('Parser key "model.lr":\n  Expected a <class \'float\'>. Got value: x')
-        "model.lr: expected float, got 'x'"
-        >>> one_line_error('Parser key "model.backbone":\n  - Expected a dot import path string: Foo')
-        "model.backbone: unknown class 'Foo' (valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN)"
-    """
-    key = ""
-    for part in re.findall(r'Parser key "([^"]+)"', message):
-        key = part if part.startswith(key) else f"{key}.{part}" if key else part
-    prefix = f"{key}: " if key else ""
-    if unknown := re.search(r"(?:dot import path string|Import path):? (\S+)", message):
-        base = _PLUGIN_BASES.get(key.rpartition(".")[2])
-        choices = f" (valid choices: {', '.join(_subclass_names(base))})" if base else ""
-        return f"{prefix}unknown class {unknown.group(1)!r}{choices}"
-    if option := re.search(r"Option '(\w+)' is not accepted", message):
-        owner = re.search(r"class_path='([\w.]+)'", message)
-        options = _options_of(owner.group(1)) if owner else []
-        valid = f" (options: {', '.join(options)})" if options else ""
-        return f"{prefix}no option {option.group(1)!r}{valid}"
-    if given := re.search(r"Given value: (.*)|Got value: (.*)", message):
-        expected = re.findall(r"Expected an? (?:<class '(\w+)'>|(typing\.Literal\[[^\]]*\]))", message)
-        kinds = [a or b.replace("typing.Literal", "one of ") for a, b in expected]
-        # "or NoneType" only repeats that a key is optional; it never helps fix the value.
-        kinds = " or ".join(dict.fromkeys(k for k in kinds if k != "NoneType" or len(set(kinds)) == 1))
-        value = (given.group(1) or given.group(2)).strip()
-        return f"{prefix}expected {kinds or 'another value'}, got {value!r}"
-    lines = [line.strip(" -") for line in message.splitlines()]
-    lines = [line for line in lines if line and not line.startswith("Parser key")]
-    return prefix + (lines[-1] if lines else message.strip())
-
-
 class FlatKeysWandbLogger(WandbLogger):
     """Nests the model's hyperparameters under ``hparams`` so its ``backbone`` entry cannot
     overwrite the flat ``backbone`` key that dashboards group runs by."""
@@ -481,13 +414,8 @@ def user_error(error: BaseException | None) -> BaseException | None:
 
 
 def main(args: Any = None) -> None:
-    """Entry point of ``python -m symtrain`` and the ``symtrain`` script."""
-    from symtrain.compare import COMMANDS, run_command
-
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv and argv[0] in COMMANDS:
-        run_command(argv)
-        return
+    """LightningCLI's subcommands (fit, validate, test, predict) with one-line user errors;
+    ``symtrain.__main__.main`` dispatches every subcommand, ``compare`` and ``report`` too."""
     try:
         SymtrainCLI(args=args)
     except Exception as error:

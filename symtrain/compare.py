@@ -24,7 +24,7 @@ from typing import Literal
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from symtrain.clock import note_process_start
-from symtrain.errors import SymtrainError
+from symtrain.errors import SymtrainError, one_line_error
 
 
 @dataclass
@@ -393,8 +393,6 @@ def _parse(parser: ArgumentParser, args: list[str]) -> dict:
     try:
         return parser.parse_args(args).as_dict()
     except ArgumentError as error:
-        from symtrain.cli import one_line_error
-
         raise SymtrainError(one_line_error(str(error))) from None
 
 

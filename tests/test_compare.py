@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from symtrain.cli import main
+from symtrain.__main__ import main
 from symtrain.compare import _CellRunner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -271,7 +271,7 @@ def test_fast_inner_batch_norm_equals_escnn(regular: bool, monkeypatch: pytest.M
     import escnn.gspaces
     import escnn.nn as enn
 
-    from symtrain.backbones.escnn_layers import InnerBatchNorm
+    from symtrain.backbones.equivariant.layers import InnerBatchNorm
 
     escnn_forward, escnn_ran = enn.InnerBatchNorm.forward, []
     monkeypatch.setattr(
@@ -303,7 +303,7 @@ def test_fast_fourier_layers_equal_escnn(single: bool, monkeypatch: pytest.Monke
     import escnn.gspaces
     import escnn.nn as enn
 
-    from symtrain.backbones.escnn_layers import FourierPointwise, IIDBatchNorm2d
+    from symtrain.backbones.equivariant.layers import FourierPointwise, IIDBatchNorm2d
 
     escnn_forward, escnn_ran = enn.IIDBatchNorm2d.forward, []
     monkeypatch.setattr(

@@ -2,8 +2,9 @@
 module, and faster forms of escnn's ``InnerBatchNorm``, ``IIDBatchNorm2d`` and
 ``FourierPointwise`` (same parameters, buffers and outputs).
 
-Kept apart from :mod:`symtrain.backbones.equivariant` because defining them imports escnn,
-which only models that use it should pay for.
+Kept apart from the rest of the package because defining them imports escnn, which only
+models that use it should pay for (:mod:`~symtrain.backbones.equivariant.network` imports this
+module lazily).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from escnn import nn as enn
 from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
-from symtrain.backbones.equivariant import (
+from symtrain.backbones.equivariant.ops import (
     BlurPool,
     fourier_pointwise,
     read_slice_bounds_on_host,
