@@ -217,8 +217,8 @@ def check_checkpoint_fits(
     """Raise a one-line error if the checkpoint's weights do not fit ``module``.
 
     Compares the names and shapes in the checkpoint's ``state_dict`` with ``module.state_dict()``
-    (what a strict ``load_state_dict`` needs), leaving out escnn's cache of expanded filters,
-    which exists in eval mode only. The message names the backbone the checkpoint was trained
+    (what a strict ``load_state_dict`` needs), leaving out what the module's backbone caches from
+    its weights (``without_cache``: escnn's expanded filters exist in eval mode only). The message names the backbone the checkpoint was trained
     with, from its ``hyper_parameters``, against the one ``module`` builds.
 
     Args:
@@ -250,8 +250,10 @@ def check_checkpoint_fits(
         )
     if hasattr(module, "without_stale_state"):  # what the module itself drops on loading
         state = module.without_stale_state(state)
-    saved = _shapes(state)
-    wanted = _shapes(module.state_dict())
+    wanted = module.state_dict()
+    if hasattr(module, "without_cache"):  # what the backbone caches from its weights
+        state, wanted = module.without_cache(state), module.without_cache(wanted)
+    saved, wanted = _shapes(state), _shapes(wanted)
     missing = [key for key in wanted if key not in saved]
     unexpected = [key for key in saved if key not in wanted]
     reshaped = [key for key in wanted if key in saved and saved[key] != wanted[key]]
@@ -359,20 +361,10 @@ def _unreadable(path: str, reason: str) -> SymtrainError:
 
 
 def _shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
-    """Each entry's shape (None for a non-tensor), without escnn's cache of expanded filters.
-
-    escnn's R2Conv registers ``filter`` and ``expanded_bias`` buffers when switched to eval mode
-    and deletes them in train mode, so they appear in state dicts saved in eval mode only
-    (EquivariantCNN keeps them out; older checkpoints and bare escnn modules may not). They are
-    recognised by their sibling ``weights``, the name escnn gives an R2Conv's parameters.
-    """
-    shapes = {}
-    for key, value in state.items():
-        owner, _, leaf = key.rpartition(".")
-        if leaf in ("filter", "expanded_bias") and f"{owner}.weights" in state:
-            continue
-        shapes[key] = tuple(value.shape) if isinstance(value, torch.Tensor) else None
-    return shapes
+    """Each entry's shape (None for a non-tensor)."""
+    return {
+        key: tuple(value.shape) if isinstance(value, torch.Tensor) else None for key, value in state.items()
+    }
 
 
 def _architecture(hparams: Any) -> dict[str, Any] | None:

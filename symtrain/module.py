@@ -9,9 +9,8 @@ U-Net, its decoder) for segmentation. :class:`SymmetryModule` adds what only tra
 
 from __future__ import annotations
 
-import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -35,13 +34,6 @@ Task = Literal["classification", "segmentation"]
 # strategy's kornia pipelines (one per image size, e.g.
 # ``symmetry.pipelines.28x28.RandomRotation_0._param_generator.degrees``). Dropped on loading.
 _STALE_STATE_PREFIXES = ("symmetry.pipelines.",)
-
-
-def _unsyncable_norms() -> tuple[type, ...]:
-    # escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
-    # _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it. (Only a
-    # model that imported escnn can hold one.)
-    return (sys.modules["escnn.nn"].IIDBatchNorm2d,) if "escnn.nn" in sys.modules else ()
 
 
 class Normalize(nn.Module):
@@ -236,6 +228,10 @@ class SymmetryModule(pl.LightningModule):
         hold nothing learned, so their checkpoints load too."""
         return {key: value for key, value in state.items() if not key.startswith(_STALE_STATE_PREFIXES)}
 
+    def without_cache(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` without what the backbone caches from its weights (as the backbone says)."""
+        return self.net.backbone.without_cache(state)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before load_state_dict, on resuming and in load_from_checkpoint.
         checkpoint["state_dict"] = self.without_stale_state(checkpoint["state_dict"])
@@ -268,11 +264,11 @@ class SymmetryModule(pl.LightningModule):
         check_same_model_on_every_rank(self, self.trainer)
         if self.hparams.compile and self._compiled is None:
             self.__dict__["_compiled"] = torch.compile(self.net)
-        unsyncable = _unsyncable_norms()
-        unsynced = {type(m).__name__ for m in self.modules() if isinstance(m, unsyncable)}
+        unsyncable = self.net.backbone.unsyncable_norms()
+        unsynced = {type(m).__name__ for m in self.modules() if unsyncable and isinstance(m, unsyncable)}
         if self.trainer.world_size > 1 and getattr(self.trainer.strategy, "_layer_sync", None) and unsynced:
             rank_zero_warn(
-                f"sync_batchnorm synchronises torch batch norms (escnn's InnerBatchNorm included) but "
+                f"sync_batchnorm synchronises torch's batch norms but "
                 f"not {', '.join(sorted(unsynced))}: their statistics stay per process"
             )
 

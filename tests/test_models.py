@@ -85,11 +85,16 @@ def test_augmentation_refuses_a_bad_probability() -> None:
         Augmentation([Rotation()], p=1.5)
 
 
-def test_augmentation_p1_always_applies_and_p0_never() -> None:
+def test_augmentation_p1_always_draws_an_element_and_p0_never() -> None:
+    """p = 1: every image gets a random element of the family, which for flips is the mirror
+    or the identity (half each); p = 0: nothing changes."""
     x = torch.rand(64, 1, 8, 8)
     torch.manual_seed(0)
-    flipped = Augmentation([Flip()], p=1.0).augment(x)
-    assert torch.equal(flipped, x.flip(-1))
+    pipeline = Augmentation([Flip()], p=1.0).pipeline((8, 8))
+    out = pipeline(x)
+    mirrored = pipeline._params[0].data["elements"][:, 0].bool()
+    assert torch.equal(out[mirrored], x[mirrored].flip(-1)) and torch.equal(out[~mirrored], x[~mirrored])
+    assert 16 < mirrored.sum() < 48
     assert torch.equal(Augmentation([Flip()], p=0.0).augment(x), x)
 
 

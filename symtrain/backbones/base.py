@@ -12,8 +12,8 @@ and metrics can check claims against measurements.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
@@ -76,6 +76,17 @@ class Backbone(nn.Module):
         """Why images of side ``image_size`` break an exact symmetry this backbone declares (a
         one-line message naming the fix), or None when they do not."""
         return None
+
+    def without_cache(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` (the state dict of a network holding this backbone) without the entries
+        that cache what is computed from the weights, which a state dict may or may not hold
+        depending on the mode it was saved in (none by default)."""
+        return dict(state)
+
+    def unsyncable_norms(self) -> tuple[type, ...]:
+        """The batch-norm types of this backbone and its dense form that torch's SyncBatchNorm
+        conversion cannot reach: under DDP their statistics stay per process (none by default)."""
+        return ()
 
     def layer_strides(self) -> dict[str, int]:
         """Named intermediate feature maps and their cumulative strides, for layer-wise

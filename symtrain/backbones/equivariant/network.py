@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -236,6 +237,25 @@ class EquivariantCNN(_EscnnFilters, Backbone):
             stages.append(layers)
         scalars = enn.FieldType(gspace, num_classes * [gspace.trivial_repr])
         return EquivariantDecoder(stages, enn.R2Conv(field_type, scalars, kernel_size=1))
+
+    def without_cache(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Without escnn's cache of expanded filters: R2Conv registers ``filter`` and
+        ``expanded_bias`` buffers in eval mode and deletes them in train mode (this backbone
+        keeps them out of its own state dicts; older checkpoints may hold them). They are
+        recognised by their sibling ``weights``, the name escnn gives an R2Conv's parameters."""
+        return {
+            key: value
+            for key, value in state.items()
+            if not (
+                key.rpartition(".")[2] in ("filter", "expanded_bias")
+                and f"{key.rpartition('.')[0]}.weights" in state
+            )
+        }
+
+    def unsyncable_norms(self) -> tuple[type, ...]:
+        # escnn's batch norm for non-regular fields keeps its own statistics, outside torch's
+        # _BatchNorm, so torch.nn.SyncBatchNorm.convert_sync_batchnorm cannot reach it.
+        return (enn.IIDBatchNorm2d,)
 
     def layer_strides(self) -> dict[str, int]:
         pools = sum(isinstance(layer, escnn_layers.SymmetricBlurPool) for layer in self.layers.children())
