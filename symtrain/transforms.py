@@ -151,9 +151,63 @@ class TransformFamily:
         the measured action by construction."""
         return FamilyAugmentation(self, p)
 
+    # The constructor arguments that change which transformations the family holds (a flip's
+    # axis), as opposed to how far its random elements reach (a range): a claim about a family
+    # holds for another of the same type with the same action parameters.
+    action_parameters: ClassVar[tuple[str, ...]] = ()
+
+    def covers(self, other: TransformFamily) -> bool:
+        """Whether a claim made about this family (a backbone's declared invariance) holds for
+        ``other``: the same family with the same action, whatever its range.
+
+        Examples:
+            >>> Flip("horizontal").covers(Flip("vertical")), Rotation(180).covers(Rotation(15))
+            (False, True)
+        """
+        return type(other) is type(self) and all(
+            getattr(self, name) == getattr(other, name) for name in self.action_parameters
+        )
+
+    @property
+    def label(self) -> str:
+        """The family's name with its action parameters, e.g. ``flip (axis=vertical)``."""
+        args = ", ".join(f"{name}={getattr(self, name)}" for name in self.action_parameters)
+        return f"{self.name} ({args})" if args else self.name
+
+    def orthogonal(self, element: Tensor) -> tuple[int, bool] | None:
+        """``element`` as a symmetry of the square grid: (counter-clockwise quarter turns, whether
+        it mirrors left-right first), or None for a family whose elements are not (translations
+        and warps act on positions only). Backbones with a group acting on their channels read
+        it (escnn fields)."""
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+Symmetries = dict[TransformFamily, Exactness]
+"""What a backbone declares: families (objects, with their parameters) and how exactly its
+pooled features are invariant to them."""
+
+
+def declared_exactness(declared: Symmetries, family: TransformFamily) -> Exactness | None:
+    """How exactly ``declared`` claims invariance to ``family`` (``exact`` wins), or None.
+
+    Examples:
+        >>> declared_exactness({Flip("horizontal"): "exact"}, Flip("vertical")) is None
+        True
+        >>> declared_exactness({CircularShift(): "exact"}, CircularShift(max_pixels=3))
+        'exact'
+    """
+    found = {how for claim, how in declared.items() if claim.covers(family)}
+    return "exact" if "exact" in found else "approximate" if found else None
 
 
 class Rot90(TransformFamily):
@@ -188,6 +242,9 @@ class Rot90(TransformFamily):
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return torch.rot90(features, int(element[0]) % 4, dims=(-2, -1))
 
+    def orthogonal(self, element: Tensor) -> tuple[int, bool] | None:
+        return int(element[0]) % 4, False
+
 
 class Flip(TransformFamily):
     """Mirror images (the group D1): exact.
@@ -200,6 +257,7 @@ class Flip(TransformFamily):
 
     name = "flip"
     exact = True
+    action_parameters = ("axis",)
 
     def __init__(self, axis: Literal["horizontal", "vertical"] = "horizontal") -> None:
         self.axis = axis
@@ -224,6 +282,12 @@ class Flip(TransformFamily):
 
     def act_on_features(self, features: Tensor, element: Tensor, stride: int) -> Tensor | None:
         return self.apply(features, element.view(1, -1).expand(len(features), -1))
+
+    def orthogonal(self, element: Tensor) -> tuple[int, bool] | None:
+        if not bool(element[0]):
+            return 0, False
+        # a top-bottom mirror is the left-right one followed by a half turn
+        return (0, True) if self.axis == "horizontal" else (2, True)
 
 
 def _integer_shifts(n: int, max_pixels: int, generator: torch.Generator | None, device: Device) -> Tensor:

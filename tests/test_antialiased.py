@@ -16,6 +16,7 @@ from symtrain.backbones.antialiased import AdaptivePolyphaseSampling, DenseMaxPo
 from symtrain.cli import SymtrainCLI
 from symtrain.errors import SymtrainError
 from symtrain.module import Normalize, SymmetryNet
+from symtrain.transforms import CircularShift, Shift
 from tests.test_cli import TINY as TINY_CLI_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def test_aps_keeps_the_polyphase_component_of_largest_norm() -> None:
 def test_aps_predictions_survive_every_circular_shift(filter_size: int) -> None:
     net = tiny_net(downsample="aps", filter_size=filter_size).eval()
     images = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    assert net.backbone.declared_symmetries()["circular_shift"] == "exact"
+    assert net.backbone.declared_symmetries()[CircularShift()] == "exact"
     for state in ("initial", "trained"):
         deviation, same_predictions = circular_shift_deviation(net, images)
         assert deviation < 1e-5 and same_predictions, state
@@ -126,13 +127,13 @@ def test_the_invariance_check_catches_fixed_subsampling(downsample: str) -> None
 
 
 def test_aps_without_circular_padding_declares_approximate_invariance() -> None:
-    assert AntialiasedCNN(1, downsample="aps").declared_symmetries()["circular_shift"] == "exact"
+    assert AntialiasedCNN(1, downsample="aps").declared_symmetries()[CircularShift()] == "exact"
     for kwargs in ({"circular": False}, {"padding_mode": "reflect"}):
         declared = AntialiasedCNN(1, downsample="aps", **kwargs).declared_symmetries()
-        assert declared == {"shift": "approximate", "circular_shift": "approximate"}, kwargs
+        assert declared == {Shift(): "approximate", CircularShift(): "approximate"}, kwargs
     # Without a blur filter there is nothing for padding_mode to pad.
     unblurred = AntialiasedCNN(1, downsample="aps", filter_size=1, padding_mode="zeros")
-    assert unblurred.declared_symmetries()["circular_shift"] == "exact"
+    assert unblurred.declared_symmetries()[CircularShift()] == "exact"
 
 
 @pytest.mark.parametrize("downsample", ["max", "blur", "aps"])

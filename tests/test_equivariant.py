@@ -13,7 +13,7 @@ from symtrain.backbones import EquivariantCNN, StandardCNN
 from symtrain.errors import SymtrainError
 from symtrain.module import Normalize, SymmetryModule, SymmetryNet
 from symtrain.symmetry import Architectural
-from symtrain.transforms import Flip, Rot90
+from symtrain.transforms import Flip, Rot90, declared_exactness
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "backbone").glob("escnn_*.yaml"))
 
@@ -41,8 +41,9 @@ def transformed_logits(net: SymmetryNet, x: torch.Tensor) -> dict[str, torch.Ten
 
 def exact_families(backbone: EquivariantCNN) -> list[str]:
     declared = backbone.declared_symmetries()
-    names = ["rot90", "rot270"] if declared.get("rot90") == "exact" else []
-    return names + (["flip", "vflip"] if declared.get("flip") == "exact" else [])
+    names = ["rot90", "rot270"] if declared_exactness(declared, Rot90()) == "exact" else []
+    names += ["flip"] if declared_exactness(declared, Flip("horizontal")) == "exact" else []
+    return names + (["vflip"] if declared_exactness(declared, Flip("vertical")) == "exact" else [])
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -142,7 +143,8 @@ def test_declarations_drive_the_architectural_strategy() -> None:
     restricted = partial(EquivariantCNN, group="D", order=4, width=8, depth=2, restrict_from_stage=1)
     with pytest.raises(SymtrainError, match="does not declare exact flip"):
         SymmetryModule(restricted, symmetry=Architectural([Flip()]))
-    assert EquivariantCNN(1, "C", 6, width=8, depth=1).declared_symmetries().get("rot90") is None
+    c6 = EquivariantCNN(1, "C", 6, width=8, depth=1)
+    assert declared_exactness(c6.declared_symmetries(), Rot90()) is None
 
 
 def test_restricted_model_keeps_rotations_and_loses_reflections() -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from symtrain.backbones.cnn import _StagedCNN, conv_stages
 from symtrain.errors import SymtrainError
-from symtrain.transforms import Exactness
+from symtrain.transforms import CircularShift, Shift, Symmetries, declared_exactness
 
 Downsample = Literal["max", "blur", "aps"]
 PaddingMode = Literal["reflect", "circular", "zeros"]
@@ -214,7 +214,7 @@ class AntialiasedCNN(_StagedCNN):
         >>> x = torch.rand(2, 1, 16, 16)
         >>> net(x).shape
         torch.Size([2, 8, 4, 4])
-        >>> net.name, net.total_stride, net.declared_symmetries()["circular_shift"]
+        >>> net.name, net.total_stride, net.declared_symmetries()[CircularShift()]
         ('AntialiasedCNN-aps', 4, 'exact')
         >>> shifted = torch.roll(x, shifts=(3, 5), dims=(-2, -1))
         >>> torch.allclose(net(shifted).mean(dim=(-2, -1)), net(x).mean(dim=(-2, -1)), atol=1e-5)
@@ -282,14 +282,15 @@ class AntialiasedCNN(_StagedCNN):
     def _upsampling(self) -> nn.Module:
         return super()._upsampling() if self.downsample == "max" else PolyphaseUpsampling(self.padding_mode)
 
-    def declared_symmetries(self) -> dict[str, Exactness]:
+    def declared_symmetries(self) -> Symmetries:
         wraps = self.circular and (self.padding_mode == "circular" or self.filter_size == 1)
         if self.downsample == "aps" and wraps:
-            return {"circular_shift": "exact", "shift": "approximate"}
-        return {"shift": "approximate", "circular_shift": "approximate"}
+            return {CircularShift(): "exact", Shift(): "approximate"}
+        return {Shift(): "approximate", CircularShift(): "approximate"}
 
     def input_size_problem(self, image_size: int) -> str | None:
-        if self.declared_symmetries()["circular_shift"] != "exact" or image_size % self.total_stride == 0:
+        exact = declared_exactness(self.declared_symmetries(), CircularShift()) == "exact"
+        if not exact or image_size % self.total_stride == 0:
             return None
         fit = image_size - image_size % self.total_stride or self.total_stride
         return (

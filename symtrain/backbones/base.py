@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from symtrain.errors import SymtrainError
-from symtrain.transforms import Exactness, TransformFamily
+from symtrain.transforms import Symmetries, TransformFamily
 
 
 class Pyramid(NamedTuple):
@@ -58,9 +58,11 @@ class Backbone(nn.Module):
         """Short name of this configuration, e.g. ``EquivariantCNN-D4``: what dashboards group by."""
         return type(self).__name__
 
-    def declared_symmetries(self) -> dict[str, Exactness]:
-        """Families the globally pooled features are invariant to, and how exactly. The dense
-        form (:meth:`decoder`) is equivariant to the same families, as exactly."""
+    def declared_symmetries(self) -> Symmetries:
+        """Families (objects, with their parameters: a claim about ``Flip("horizontal")`` is not
+        one about ``Flip("vertical")``) the globally pooled features are invariant to, and how
+        exactly. The dense form (:meth:`decoder`) is equivariant to the same families, as
+        exactly."""
         return {}
 
     def encode(self, images: Tensor) -> Pyramid:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
-from symtrain.transforms import Exactness
+from symtrain.transforms import CircularShift, Shift, Symmetries
 
 ConvPadding = Literal["zeros", "circular"]
 
@@ -214,5 +214,5 @@ class StandardCNN(_StagedCNN):
             in_channels, **self.dense_args, downsample=lambda: nn.MaxPool2d(kernel_size=2, stride=2)
         )
 
-    def declared_symmetries(self) -> dict[str, Exactness]:
-        return {"shift": "approximate", "circular_shift": "approximate"}
+    def declared_symmetries(self) -> Symmetries:
+        return {Shift(): "approximate", CircularShift(): "approximate"}

@@ -13,20 +13,20 @@ from typing import Any
 
 import torch
 import torchvision
-from kornia.geometry.transform import rotate
 from torch import Tensor
 
 from symtrain.data.base import ImageDataModule, Split
 from symtrain.errors import SymtrainError
+from symtrain.transforms import Rotation
 
 # Images rotated per kornia call: bounds the float copies and sampling grids to ~100 MB.
 _ROTATE_BLOCK = 8192
 
 
 def rotate_images(images: Tensor, angles: Tensor) -> Tensor:
-    """Rotate each uint8 image counter-clockwise about its centre by its own angle.
-
-    Bilinear interpolation, zero fill outside the original image, rounded back to uint8.
+    """Rotate each uint8 image counter-clockwise about its centre by its own angle: the
+    rotation family's own action (:meth:`symtrain.transforms.Rotation.apply`: bilinear, zero
+    fill outside the original image), rounded back to uint8.
 
     Args:
         images: uint8 images (N, C, H, W).
@@ -45,7 +45,7 @@ def rotate_images(images: Tensor, angles: Tensor) -> Tensor:
     for start in range(0, images.shape[0], _ROTATE_BLOCK):
         block = slice(start, start + _ROTATE_BLOCK)
         pixels = images[block].float()  # (B, C, H, W)
-        turned = rotate(pixels, angles[block].float(), mode="bilinear", padding_mode="zeros")
+        turned = Rotation().apply(pixels, angles[block].float()[:, None])
         rotated[block] = turned.round().clamp(0, 255).to(torch.uint8)
     return rotated
 

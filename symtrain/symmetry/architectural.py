@@ -5,7 +5,7 @@ from __future__ import annotations
 from symtrain.backbones.base import Backbone
 from symtrain.errors import SymtrainError
 from symtrain.symmetry.base import SymmetryStrategy
-from symtrain.transforms import TransformFamily
+from symtrain.transforms import TransformFamily, declared_exactness
 
 
 class Architectural(SymmetryStrategy):
@@ -39,13 +39,13 @@ class Architectural(SymmetryStrategy):
         declared = backbone.declared_symmetries()
         accepted = {"exact"} if self.require_exact else {"exact", "approximate"}
         for family in self.families:
-            if declared.get(family.name) not in accepted:
-                have = ", ".join(f"{name} ({how})" for name, how in sorted(declared.items())) or "nothing"
+            if declared_exactness(declared, family) not in accepted:
+                claims = sorted(f"{claim.label} ({how})" for claim, how in declared.items())
                 kind = "exact" if self.require_exact else "any"
                 raise SymtrainError(
-                    f"{type(backbone).__name__} does not declare {kind} {family.name} invariance "
-                    f"(it declares: {have}): choose a backbone built for {family.name} or use the "
-                    "Augmentation strategy (configs/symmetry/augment_*.yaml)"
+                    f"{type(backbone).__name__} does not declare {kind} {family.label} invariance "
+                    f"(it declares: {', '.join(claims) or 'nothing'}): choose a backbone built for "
+                    f"{family.label} or use the Augmentation strategy (configs/symmetry/augment_*.yaml)"
                 )
         if image_size is not None and (problem := backbone.input_size_problem(image_size)):
             raise SymtrainError(problem)

@@ -18,12 +18,14 @@ else:  # escnn is imported when the first EquivariantCNN is built, not by every 
 
 def _group_element(group: Any, family: TransformFamily, element: Tensor) -> Any:
     """The element of an escnn group that acts like ``family``'s ``element`` on the pixel grid,
-    or None when the group does not contain it. ``torch.rot90(x, 1, (-2, -1))`` is escnn's
-    rotation by +90 degrees and ``x.flip(-1)`` its reflection (1, 0), both checked in tests."""
-    quarter_turns = int(element[0]) % 4 if family.name == "rot90" else 0
-    flip = family.name == "flip" and bool(element[0])
-    if flip and getattr(family, "axis", "horizontal") == "vertical":
-        quarter_turns = 2  # a vertical flip is the horizontal one followed by a half turn
+    or None when the group does not contain it (or the family's elements are no symmetry of
+    the grid: :meth:`~symtrain.transforms.TransformFamily.orthogonal`). ``torch.rot90(x, 1,
+    (-2, -1))`` is escnn's rotation by +90 degrees and ``x.flip(-1)`` its reflection (1, 0),
+    both checked in tests."""
+    orthogonal = family.orthogonal(element)
+    if orthogonal is None:
+        return None
+    quarter_turns, flip = orthogonal
     if group.name.startswith(("C", "D")):
         order = int(group.name[1:])
         if (order * quarter_turns) % 4 or (flip and group.name.startswith("C")):

@@ -16,7 +16,7 @@ from symtrain.backbones.equivariant.decoder import EquivariantDecoder, ExportedE
 from symtrain.backbones.equivariant.filters import _EscnnFilters, use_exact_svd_in_escnn
 from symtrain.backbones.equivariant.ops import DiskMask, read_slice_bounds_on_host
 from symtrain.errors import SymtrainError
-from symtrain.transforms import Exactness, TransformFamily
+from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, Symmetries, TransformFamily
 
 if TYPE_CHECKING:
     from escnn import gspaces
@@ -279,7 +279,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         """Spatial action, then the fields' representation on the channels (pure torch: escnn's
         ``GeometricTensor.transform`` goes through numpy on the CPU)."""
         spatial = family.act_on_features(features, element, self.layer_strides()[name])
-        if spatial is None or family.name not in ("rot90", "flip"):
+        if spatial is None or family.orthogonal(element) is None:
             return spatial  # translations act on the grid only
         field_type = self._layer_types()[name]
         group_element = _group_element(field_type.gspace.fibergroup, family, element)
@@ -318,19 +318,20 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         restricted = f"_{subgroup}" if self.restrict_from_stage is not None else ""  # D4_C4 = D4|C4
         return f"{type(self).__name__}-{group}{restricted}"
 
-    def declared_symmetries(self) -> dict[str, Exactness]:
+    def declared_symmetries(self) -> Symmetries:
         if self.group in ("C", "D"):
             rotations = self.order
         else:  # the Fourier nonlinearity is exact for the rotations on its grid
             rotations = self.grid_size if self.group == "SO2" else self.grid_size // 2
-        declared: dict[str, Exactness] = {
-            "rotation": "approximate",
-            "shift": "approximate",
-            "circular_shift": "approximate",
+        declared: Symmetries = {
+            Rotation(): "approximate",
+            Shift(): "approximate",
+            CircularShift(): "approximate",
         }
         if rotations % 4 == 0:
-            declared["rot90"] = "exact"
+            declared[Rot90()] = "exact"
         reflections = self.group in ("D", "O2") and self.restrict_from_stage is None
         if reflections and (self.group == "O2" or self.order % 2 == 0):
-            declared["flip"] = "exact"  # with rot180 in G, both mirror axes are in G
+            for axis in ("horizontal", "vertical"):  # with rot180 in G, both mirror axes are in G
+                declared[Flip(axis)] = "exact"
         return declared
