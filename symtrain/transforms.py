@@ -22,7 +22,7 @@ objects. So augmentation, architecture and measurement cannot disagree about a s
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import kornia.augmentation as K
 import torch
@@ -155,6 +155,8 @@ class TransformFamily:
     # axis), as opposed to how far its random elements reach (a range): a claim about a family
     # holds for another of the same type with the same action parameters.
     action_parameters: ClassVar[tuple[str, ...]] = ()
+    # Constructor arguments of the instances the contract tests build, one per form.
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
     def covers(self, other: TransformFamily) -> bool:
         """Whether a claim made about this family (a backbone's declared invariance) holds for
@@ -258,6 +260,7 @@ class Flip(TransformFamily):
     name = "flip"
     exact = True
     action_parameters = ("axis",)
+    examples = ({"axis": "horizontal"}, {"axis": "vertical"})
 
     def __init__(self, axis: Literal["horizontal", "vertical"] = "horizontal") -> None:
         self.axis = axis

@@ -8,72 +8,11 @@ from symtrain.symmetry import Augmentation
 from symtrain.transforms import (
     Affine,
     CircularShift,
-    Diffeo,
-    Elastic,
     Flip,
     Rot90,
     Rotation,
     Shift,
-    TransformFamily,
 )
-
-FAMILIES = [
-    Rot90(),
-    Flip(),
-    Flip("vertical"),
-    CircularShift(3),
-    Shift(3),
-    Rotation(),
-    Affine(),
-    Elastic(),
-    Diffeo(),
-]
-AUGMENTED = [f for f in FAMILIES if not isinstance(f, CircularShift)]
-
-
-@pytest.mark.parametrize("family", FAMILIES, ids=repr)
-class TestFamilyContract:
-    def test_apply_keeps_shape_and_dtype(self, family: TransformFamily, images: torch.Tensor) -> None:
-        elements = family.sample(len(images), torch.Generator().manual_seed(1))
-        out = family.apply(images, elements)
-        assert out.shape == images.shape and out.dtype == images.dtype
-
-    def test_sampling_is_seeded(self, family: TransformFamily) -> None:
-        first = family.sample(8, torch.Generator().manual_seed(3))
-        second = family.sample(8, torch.Generator().manual_seed(3))
-        assert torch.equal(first, second)
-
-    def test_apply_is_deterministic(self, family: TransformFamily, images: torch.Tensor) -> None:
-        elements = family.sample(len(images), torch.Generator().manual_seed(2))
-        assert torch.equal(family.apply(images, elements), family.apply(images, elements))
-
-
-@pytest.mark.parametrize("family", AUGMENTED, ids=repr)
-def test_augmentation_changes_images(family: TransformFamily, images: torch.Tensor) -> None:
-    torch.manual_seed(0)
-    out = family.augmentation(p=1.0, image_size=(16, 16))(images)
-    assert out.shape == images.shape
-    assert not torch.allclose(out, images)
-
-
-@pytest.mark.parametrize("family", AUGMENTED, ids=repr)
-@pytest.mark.parametrize("size", [17, 28])
-def test_augmentation_is_apply_with_the_elements_it_drew(family: TransformFamily, size: int) -> None:
-    """Training's augmentation and the measurements' action are one: on random images and
-    masks, the pipeline's output is ``apply`` with the elements it drew (masks: nearest)."""
-    torch.manual_seed(0)
-    images = torch.rand(6, 1, size, size)
-    masks = torch.randint(0, 3, (6, size, size))
-    pipeline = Augmentation([family], p=0.5).pipeline((size, size))
-    out, moved = pipeline(images, masks[:, None].float(), data_keys=["input", "mask"])
-    params = pipeline._params[0].data
-    drawn, applied = params["elements"], params["batch_prob"] > 0.5
-    assert 0 < applied.sum() < len(images)  # p = 0.5: some samples kept as they are
-    expected = torch.where(applied.view(-1, 1, 1, 1), family.apply(images, drawn), images)
-    assert torch.allclose(out, expected, atol=1e-6)
-    expected_masks = family.apply(masks[:, None].float(), drawn, mode="nearest")
-    expected_masks = torch.where(applied.view(-1, 1, 1, 1), expected_masks, masks[:, None].float())
-    assert torch.equal(moved, expected_masks)
 
 
 def test_random_elements_of_an_exact_family_are_uniform() -> None:

@@ -221,6 +221,8 @@ class AntialiasedCNN(_StagedCNN):
         True
     """
 
+    examples = tuple({"width": 4, "depth": 2, "downsample": d} for d in ("max", "blur", "aps"))
+
     def __init__(
         self,
         in_channels: int,

@@ -13,7 +13,7 @@ and metrics can check claims against measurements.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -46,9 +46,12 @@ class Backbone(nn.Module):
 
     Attributes:
         out_channels: channels of the feature map returned by :meth:`forward`.
+        examples: settings of tiny instances (besides ``in_channels``), one per form worth
+            testing: the contract tests build each (as timm tests every registered model).
     """
 
     out_channels: int
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
     def forward(self, images: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, out_channels, h, w)
         raise NotImplementedError

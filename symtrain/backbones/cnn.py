@@ -197,6 +197,8 @@ class StandardCNN(_StagedCNN):
         torch.Size([2, 16, 8, 8])
     """
 
+    examples = ({"width": 4, "depth": 2},)
+
     def __init__(
         self,
         in_channels: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from symtrain.backbones.base import Backbone
 from symtrain.errors import SymtrainError
 from symtrain.symmetry.base import SymmetryStrategy
-from symtrain.transforms import TransformFamily, declared_exactness
+from symtrain.transforms import Flip, Rot90, TransformFamily, declared_exactness
 
 
 class Architectural(SymmetryStrategy):
@@ -26,6 +26,8 @@ class Architectural(SymmetryStrategy):
         ...
         symtrain.errors.SymtrainError: StandardCNN does not declare exact rot90 invariance ...
     """
+
+    examples = ({"families": [Rot90()]}, {"families": [Flip()], "require_exact": False})
 
     def __init__(self, families: list[TransformFamily], require_exact: bool = True) -> None:
         super().__init__(families)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from symtrain.errors import SymtrainError
 from symtrain.symmetry.base import SymmetryStrategy
-from symtrain.transforms import TransformFamily
+from symtrain.transforms import Flip, Rot90, Rotation, Shift, TransformFamily
 
 
 class Augmentation(SymmetryStrategy):
@@ -33,6 +33,8 @@ class Augmentation(SymmetryStrategy):
         >>> masks.shape, masks.dtype
         (torch.Size([4, 8, 8]), torch.int64)
     """
+
+    examples = ({"families": [Rot90(), Shift(2)]}, {"families": [Rotation(), Flip()], "p": 0.5})
 
     def __init__(self, families: list[TransformFamily], p: float = 1.0) -> None:
         super().__init__(families)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import overload
+from typing import Any, ClassVar, overload
 
 from torch import Tensor, nn
 
@@ -19,7 +19,12 @@ class SymmetryStrategy(nn.Module):
 
     Args:
         families: the transformation families this strategy targets.
+
+    Attributes:
+        examples: arguments of instances the contract tests build, one per form worth testing.
     """
+
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
 
     def __init__(self, families: list[TransformFamily] | None = None) -> None:
         super().__init__()

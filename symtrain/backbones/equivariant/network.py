@@ -74,6 +74,15 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         True
     """
 
+    examples = (
+        {"group": "C", "order": 4, "width": 4, "depth": 2},
+        {"group": "D", "order": 4, "width": 4, "depth": 2},
+        {"group": "C", "order": 8, "width": 4, "depth": 1},
+        {"group": "SO2", "width": 4, "depth": 2},
+        {"group": "O2", "width": 4, "depth": 2},
+        {"group": "D", "order": 4, "width": 4, "depth": 2, "restrict_from_stage": 1},
+    )
+
     def __init__(
         self,
         in_channels: int,

@@ -1,0 +1,213 @@
+"""Every plugin honours its contract: backbones, transformation families and symmetry
+strategies are discovered (every public subclass in the package), built at the tiny sizes they
+declare (``examples``), and checked, including "declared exact => measured exact" for every
+family a backbone claims. A new plugin is tested by being written; no list here names one.
+(Measures have theirs in test_metrics: every registered measure at the identity element.)"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import pkgutil
+from typing import Any
+
+import pytest
+import torch
+
+import symtrain
+from symtrain.backbones import Backbone
+from symtrain.errors import SymtrainError
+from symtrain.module import Normalize, SegmentationNet
+from symtrain.symmetry import Augmentation, SymmetryStrategy
+from symtrain.transforms import TransformFamily
+
+
+def shipped(base: type) -> list[type]:
+    """Every public subclass of ``base`` defined in the package (all of its modules imported)."""
+    for module in pkgutil.walk_packages(symtrain.__path__, "symtrain."):
+        importlib.import_module(module.name)
+    found, pending = set(), [base]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            pending.append(cls)
+            if cls.__module__.startswith("symtrain.") and not cls.__name__.startswith("_"):
+                found.add(cls)
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def examples(base: type) -> list[Any]:
+    return [
+        pytest.param(cls, kwargs, id=f"{cls.__name__}-{index}")
+        for cls in shipped(base)
+        for index, kwargs in enumerate(cls.examples)
+    ]
+
+
+def test_every_kind_has_plugins() -> None:
+    """Discovery finds what ships (a broken import would silently test nothing)."""
+    names = {cls.__name__ for base in (Backbone, TransformFamily, SymmetryStrategy) for cls in shipped(base)}
+    assert {"StandardCNN", "AntialiasedCNN", "EquivariantCNN", "Rot90", "Diffeo", "Augmentation"} <= names
+
+
+def relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
+    return ((after.double() - before.double()).norm() / before.double().norm()).item()
+
+
+@pytest.mark.parametrize("cls,kwargs", examples(Backbone))
+class TestBackboneContract:
+    def build(self, cls: type, kwargs: dict[str, Any], in_channels: int = 1) -> Backbone:
+        torch.manual_seed(0)
+        return cls(in_channels, **kwargs)
+
+    def size(self, backbone: Backbone) -> int:
+        """An odd size where the backbone's claims hold, else the first that it accepts."""
+        return next(s for s in (29, 28, 33, 32) if backbone.input_size_problem(s) is None)
+
+    def test_features_and_gradients(self, cls: type, kwargs: dict[str, Any]) -> None:
+        for in_channels in (1, 3):
+            backbone = self.build(cls, kwargs, in_channels)
+            features = backbone(torch.rand(2, in_channels, 32, 32))
+            assert features.dim() == 4 and features.shape[:2] == (2, backbone.out_channels)
+            features.sum().backward()
+            assert all(p.grad is not None for p in backbone.parameters() if p.requires_grad)
+
+    def test_declared_exact_is_measured_exact(self, cls: type, kwargs: dict[str, Any]) -> None:
+        """Every exact claim, under each of the family's test elements, on the pooled features
+        of a random model at a size the backbone accepts: a relative change below 1e-5."""
+        backbone = self.build(cls, kwargs).eval()
+        declared = backbone.declared_symmetries()
+        assert all(isinstance(f, TransformFamily) for f in declared)
+        assert set(declared.values()) <= {"exact", "approximate"}
+        size = self.size(backbone)
+        images = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            pooled = backbone(images).mean((-2, -1))
+            for family in [f for f, how in declared.items() if how == "exact"]:
+                for element in family.test_elements():
+                    moved = family.apply(images, element.expand(len(images), -1))
+                    change = relative_change(pooled, backbone(moved).mean((-2, -1)))
+                    assert change < 1e-5, (family, element, change)
+
+    def test_layer_outputs_end_in_forward(self, cls: type, kwargs: dict[str, Any]) -> None:
+        backbone = self.build(cls, kwargs).eval()
+        images = torch.rand(2, 1, 28, 28)
+        with torch.no_grad():
+            layers = backbone.layer_outputs(images)
+            assert list(layers) == list(backbone.layer_strides())
+            if layers:
+                assert torch.allclose(list(layers.values())[-1], backbone(images), atol=1e-6)
+                # an edit that changes nothing leaves every map as it was
+                same = backbone.layer_outputs(images, lambda name, features: features)
+                assert all(torch.equal(same[name], layers[name]) for name in layers)
+
+    def test_dense_form_or_one_line_refusal(self, cls: type, kwargs: dict[str, Any]) -> None:
+        backbone = self.build(cls, kwargs)
+        try:
+            net = SegmentationNet(Normalize([0.5], [0.5]), backbone, 3).eval()
+        except SymtrainError as error:  # e.g. fields of two groups have no dense form
+            assert len(str(error).splitlines()) == 1
+            return
+        for size in (28, 29):
+            with torch.no_grad():
+                assert net(torch.rand(2, 1, size, size)).shape == (2, 3, size, size)
+
+    def test_checkpoint_cache_rule_keeps_every_weight(self, cls: type, kwargs: dict[str, Any]) -> None:
+        backbone = self.build(cls, kwargs)
+        state = backbone.state_dict()
+        assert backbone.without_cache(state).keys() == state.keys()  # what it saves is all weights
+        assert isinstance(backbone.unsyncable_norms(), tuple)
+
+
+FAMILIES = [
+    pytest.param(cls(**kwargs), id=f"{cls.__name__}-{index}")
+    for cls in shipped(TransformFamily)
+    for index, kwargs in enumerate(cls.examples)
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+class TestFamilyContract:
+    @pytest.mark.parametrize("size", [17, 28])
+    def test_apply_keeps_shape_and_dtype(self, family: TransformFamily, size: int) -> None:
+        images = torch.rand(4, 2, size, size)
+        out = family.apply(images, family.sample(4, torch.Generator().manual_seed(1)))
+        assert out.shape == images.shape and out.dtype == images.dtype
+
+    def test_sampling_is_seeded(self, family: TransformFamily) -> None:
+        first = family.sample(8, torch.Generator().manual_seed(3))
+        assert torch.equal(first, family.sample(8, torch.Generator().manual_seed(3)))
+        assert first.shape == (8, len(family.identity()))
+
+    def test_the_identity_leaves_images_and_test_elements_do_not(self, family: TransformFamily) -> None:
+        images = torch.rand(3, 1, 17, 17)
+        identity = family.identity().expand(3, -1)
+        assert torch.allclose(family.apply(images, identity), images, atol=1e-5)
+        assert not (family.test_elements() == family.identity()).all(dim=1).any()
+
+    def test_exact_families_permute_pixels(self, family: TransformFamily) -> None:
+        if not family.exact:
+            return
+        images = torch.rand(4, 1, 16, 16)
+        out = family.apply(images, family.sample(4, torch.Generator().manual_seed(2)))
+        assert torch.equal(out.flatten(1).sort(dim=1).values, images.flatten(1).sort(dim=1).values)
+
+    @pytest.mark.parametrize("size", [17, 28])
+    def test_augmentation_is_apply_with_the_elements_it_drew(
+        self, family: TransformFamily, size: int
+    ) -> None:
+        """Training's augmentation and the measurements' action are one: on random images and
+        masks, the pipeline's output is ``apply`` with the elements it drew (masks: nearest);
+        a family without an augmentation says so in one line."""
+        try:
+            pipeline = Augmentation([family], p=0.5).pipeline((size, size))
+        except SymtrainError as error:
+            assert len(str(error).splitlines()) == 1
+            return
+        torch.manual_seed(0)
+        images = torch.rand(6, 1, size, size)
+        masks = torch.randint(0, 3, (6, size, size))
+        out, moved = pipeline(images, masks[:, None].float(), data_keys=["input", "mask"])
+        params = pipeline._params[0].data
+        drawn, applied = params["elements"], (params["batch_prob"] > 0.5).view(-1, 1, 1, 1)
+        assert 0 < applied.sum() < len(images)  # p = 0.5: some samples kept as they are
+        assert torch.allclose(out, torch.where(applied, family.apply(images, drawn), images), atol=1e-6)
+        expected = torch.where(
+            applied, family.apply(masks[:, None].float(), drawn, mode="nearest"), masks[:, None]
+        )
+        assert torch.equal(moved, expected.float())
+        changed = pipeline(images)  # and it does change images
+        assert changed.shape == images.shape and not torch.allclose(changed, images)
+
+    def test_a_claim_covers_its_own_family(self, family: TransformFamily) -> None:
+        twin = copy.deepcopy(family)
+        assert family.covers(twin) and twin == family and hash(twin) == hash(family)
+        assert family.label.startswith(family.name)
+
+
+STRATEGIES = examples(SymmetryStrategy)
+
+
+@pytest.mark.parametrize("cls,kwargs", STRATEGIES)
+def test_strategy_augments_images_and_masks_alike(cls: type, kwargs: dict[str, Any]) -> None:
+    strategy = cls(**copy.deepcopy(kwargs))
+    assert all(isinstance(family, TransformFamily) for family in strategy.families)
+    images, masks = torch.rand(4, 1, 15, 15), torch.randint(0, 3, (4, 15, 15))
+    out = strategy.augment(images)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    out, moved = strategy.augment(images, masks)
+    assert (
+        moved.shape == masks.shape and moved.dtype == torch.long and set(moved.unique().tolist()) <= {0, 1, 2}
+    )
+
+
+@pytest.mark.parametrize("cls,kwargs", STRATEGIES)
+@pytest.mark.parametrize("backbone_cls,backbone_kwargs", examples(Backbone))
+def test_strategy_accepts_or_refuses_a_backbone_in_one_line(
+    cls: type, kwargs: dict[str, Any], backbone_cls: type, backbone_kwargs: dict[str, Any]
+) -> None:
+    strategy = cls(**copy.deepcopy(kwargs))
+    backbone = backbone_cls(1, **backbone_kwargs)
+    try:
+        strategy.check(backbone, image_size=28)
+    except SymtrainError as error:
+        assert len(str(error).splitlines()) == 1 and "invariance" in str(error) or "multiple" in str(error)
