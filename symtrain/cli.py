@@ -294,6 +294,7 @@ class SymtrainCLI(LightningCLI):
             "metrics": to_jsonable(metrics),
             "curves": self._curves(),
             "measures": self._measures(),
+            "families": self._families(),
             "checkpoints": checkpoints,
         }
 
@@ -306,6 +307,11 @@ class SymtrainCLI(LightningCLI):
         metrics = self._metrics_callback()
         task = "segmentation" if getattr(self.model, "segmentation", False) else "classification"
         return metrics.describe(task) if metrics else []
+
+    def _families(self) -> list[str]:
+        """The measured families' names, in the order the config lists them (the report's)."""
+        metrics = self._metrics_callback()
+        return [family.name for family in metrics.families] if metrics else []
 
     def _curves(self) -> dict[str, dict[str, list[float]]]:
         metrics = self._metrics_callback()

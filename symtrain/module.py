@@ -15,18 +15,15 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from kornia.losses import dice_loss
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric, MetricCollection
 
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.errors import SymtrainError
-from symtrain.metrics.iou import JaccardIndex
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
+from symtrain.tasks import TASKS, Segmentation
 
 Task = Literal["classification", "segmentation"]
 
@@ -182,36 +179,29 @@ class SymmetryModule(pl.LightningModule):
             # ignoring it would drop it from the config that rebuilds the model on loading.
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        if dice_weight < 0:
-            raise SymtrainError(f"model.dice_weight={dice_weight} must be >= 0 (0: cross-entropy alone)")
-        segmentation = task == "segmentation"
-        # Segmentation adds the background class; its masks hold 0 there and label + 1 elsewhere.
-        self.num_outputs = num_classes + 1 if segmentation else num_classes
-        net = SegmentationNet if segmentation else SymmetryNet
-        self.net = net(Normalize(mean, std), backbone(in_channels), self.num_outputs)
+        # The task builds the network around the backbone and says what it is scored on.
+        self.task = TASKS[task](label_smoothing, dice_weight)
+        self.num_outputs = self.task.outputs(num_classes)
+        self.net = self.task.network(Normalize(mean, std), backbone(in_channels), self.num_outputs)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
         self.symmetry.check(self.net.backbone)
-        # Loss and accuracy accumulate on the device at every step and are logged once per
-        # epoch: a self.log call per step costs more than a small model's step on a GPU.
-        # (ModuleDict keys may not shadow nn.Module attributes such as ``train``.)
+        # Loss and scores accumulate on the device at every step and are logged once per epoch:
+        # a self.log call per step costs more than a small model's step on a GPU. (ModuleDict
+        # keys may not shadow nn.Module attributes such as ``train``.)
         stages = ("train", "val", "test")
         # nan_strategy="disable": the default looks for NaNs on the host at every update (a sync
         # per step), and would drop them from the mean; a NaN loss is NonFiniteLossStop's job.
         self.mean_loss = nn.ModuleDict(
             {f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in stages}
         )
-        # validate_args=False: the checks of the inputs' values sync with the host.
-        self.accuracy = nn.ModuleDict(
+        # compute_groups=False: grouping compares the metrics' states after the first update,
+        # which reads them on the host.
+        self.scores = nn.ModuleDict(
             {
-                f"{stage}_acc": MulticlassAccuracy(self.num_outputs, average="micro", validate_args=False)
+                f"{stage}_scores": MetricCollection(
+                    self.task.scores(self.num_outputs), prefix=f"{stage}/", compute_groups=False
+                )
                 for stage in stages
-            }
-        )
-        # Segmentation: pixel accuracy above, and the mean over classes of intersection over union.
-        self.miou = nn.ModuleDict(
-            {
-                f"{stage}_miou": JaccardIndex(self.num_outputs, validate_args=False)
-                for stage in (stages if segmentation else ())
             }
         )
         if channels_last:
@@ -274,7 +264,7 @@ class SymmetryModule(pl.LightningModule):
 
     @property
     def segmentation(self) -> bool:
-        return self.hparams.task == "segmentation"
+        return isinstance(self.task, Segmentation)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, *masks = batch  # masks: (B, H, W) class indices, for segmentation only
@@ -290,33 +280,22 @@ class SymmetryModule(pl.LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         images, labels, *masks = batch
-        if self.segmentation and not masks:
-            raise SymtrainError(
-                "segmentation needs masks but the batches have none: use data that has masks "
-                "(SyntheticShapes, or ImageFolder with masks_root)"
-            )
-        targets = masks[0] if self.segmentation else labels  # (B, H, W) or (B,)
+        targets = self.task.targets(labels, masks)  # (B,) or (B, H, W)
         logits = (self.net if self._compiled is None else self._compiled)(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
-        if self.segmentation and self.hparams.dice_weight:
-            loss = loss + self.hparams.dice_weight * dice_loss(logits, targets, average="macro")
+        loss = self.task.loss(logits, targets)
         self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
-        self.accuracy[f"{stage}_acc"].update(logits, targets)
-        if self.segmentation:
-            self.miou[f"{stage}_miou"].update(logits.argmax(dim=1), targets)
+        self.scores[f"{stage}_scores"].update(logits, targets)
         return loss
 
     def _log_epoch(self, stage: str) -> None:
         # compute() reduces across processes (torchmetrics states), so every rank logs the
         # same mean over all of the epoch's samples.
-        loss, accuracy = self.mean_loss[f"{stage}_loss"], self.accuracy[f"{stage}_acc"]
+        loss, scores = self.mean_loss[f"{stage}_loss"], self.scores[f"{stage}_scores"]
         self.log(f"{stage}/loss", loss.compute(), prog_bar=stage != "test")
-        self.log(f"{stage}/acc", accuracy.compute(), prog_bar=True)
+        for name, value in scores.compute().items():  # {stage}/acc (and {stage}/miou)
+            self.log(name, value, prog_bar=True)
         loss.reset()
-        accuracy.reset()
-        if self.segmentation:
-            self.log(f"{stage}/miou", self.miou[f"{stage}_miou"].compute(), prog_bar=True)
-            self.miou[f"{stage}_miou"].reset()
+        scores.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from symtrain import load_model
-from symtrain.cli import main
+from symtrain.__main__ import main
 from symtrain.report.figures import _test_images
 
 ROOT = Path(__file__).resolve().parents[1]

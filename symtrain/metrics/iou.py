@@ -26,6 +26,10 @@ class JaccardIndex(MulticlassJaccardIndex):
     """
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add class maps ``preds`` (or logits with a class dimension after the batch's) against
+        ``target``."""
+        if preds.dim() == target.dim() + 1:
+            preds = preds.argmax(dim=1)
         if torch.are_deterministic_algorithms_enabled():
             super().update(preds, target)
             return

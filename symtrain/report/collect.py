@@ -90,16 +90,21 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
 
 
 def families(approaches: list[Approach]) -> list[str]:
-    """The transformation families measured in any run, in a stable order."""
-    names = {
+    """The transformation families measured in any run: in the order the runs' configs list
+    them (``summary.json``'s ``families``), then any other a run measured, by name."""
+    names: dict[str, None] = {}
+    for approach in approaches:
+        for run in approach.runs:
+            names.update(dict.fromkeys(run.summary.get("families", [])))
+    measured = {
         key.split("/")[2]
-        for approach in approaches
-        for run in approach.runs
-        for key in run.metrics
+        for a in approaches
+        for r in a.runs
+        for key in r.metrics
         if key.startswith("test/equiv/")
     }
-    preferred = ["rot90", "flip", "circular_shift", "shift", "rotation", "affine", "elastic", "diffeo"]
-    return [name for name in preferred if name in names] + sorted(names - set(preferred))
+    names.update(dict.fromkeys(sorted(measured - set(names))))
+    return [name for name in names if name in measured]
 
 
 @dataclass(frozen=True)
