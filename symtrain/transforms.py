@@ -21,7 +21,9 @@ objects. So augmentation, architecture and measurement cannot disagree about a s
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from typing import Any, ClassVar, Literal
 
 import kornia.augmentation as K
@@ -183,6 +185,16 @@ class TransformFamily:
         it (escnn fields)."""
         return None
 
+    @classmethod
+    def definition(cls) -> str:
+        """The class docstring on one line, without its ``Args:`` and ``Examples:`` sections:
+        what the family is, its elements and how it is measured (the report shows it)."""
+        text = inspect.getdoc(cls) or ""
+        for section in ("Args:", "Examples:"):
+            text = text.split(section)[0]
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # :class:`Shift` -> Shift
+        return " ".join(text.replace("``", "").split())
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)
 
@@ -197,6 +209,17 @@ class TransformFamily:
 Symmetries = dict[TransformFamily, Exactness]
 """What a backbone declares: families (objects, with their parameters) and how exactly its
 pooled features are invariant to them."""
+
+
+def families_by_name() -> dict[str, type[TransformFamily]]:
+    """Every family class defined so far, by :attr:`TransformFamily.name`."""
+    found, pending = {}, [TransformFamily]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            pending.append(cls)
+            if hasattr(cls, "name"):
+                found.setdefault(cls.name, cls)
+    return found
 
 
 def declared_exactness(declared: Symmetries, family: TransformFamily) -> Exactness | None:

@@ -90,9 +90,9 @@ def test_the_report_shows_every_run_with_mean_and_std_over_seeds(report: dict[st
     assert "Petrini et al. 2021" in html and "floor" not in html
     pngs = sorted(report["figures_dir"].glob("*.png"))
     assert [p.name for p in pngs] == [
-        "accuracy_vs_angle.png",
-        "accuracy_vs_diagonal_shift.png",
+        "accuracy_vs_rotation.png",
         "accuracy_vs_shift.png",
+        "accuracy_vs_shift_diagonal.png",
         "error_vs_stability.png",
         "examples.png",
         "layerwise.png",

@@ -387,7 +387,7 @@ def test_segmentation_runs_reload_and_predict_per_pixel(tmp_path: Path, capsys) 
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Test mIoU (%)" in report and "Equivariance error of the per-pixel logits" in report
     assert "**mask consistency**" in report and "examples left out" in report
-    assert (tmp_path / "report" / "figures" / "miou_vs_angle.png").is_file()
+    assert (tmp_path / "report" / "figures" / "miou_vs_rotation.png").is_file()
     # ...and refuses to mix them with classification runs.
     classifier = tmp_path / "classifier"
     classifier.mkdir()

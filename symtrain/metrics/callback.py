@@ -173,7 +173,7 @@ class EquivarianceMetrics(pl.Callback):
         return values
 
     def _store_curves(self, values: dict[str, float], stage: str, measure: Any, score: str) -> None:
-        for family, axis in measure.axes.items():
+        for family, (axis, _) in measure.axes.items():
             marker = f"{stage}/equiv/{family}/{measure.key}/"
             points = sorted((float(k[len(marker) :]), v) for k, v in values.items() if k.startswith(marker))
             if points:

@@ -23,8 +23,21 @@ class Curves(Measure):
     stages = ("test",)
     table = False
     per_family = False  # its own families, whichever the run measures
-    # curve name -> the axis it is drawn against
-    axes = {"rotation": "angle", "shift": "pixels", "shift_diagonal": "pixels"}
+    # curve name -> (the axis it is drawn against, the axis' label in figures)
+    axes = {
+        "rotation": ("angle", "rotation angle (degrees, on the disk)"),
+        "shift": ("pixels", "horizontal shift (pixels, on a zero-padded canvas)"),
+        "shift_diagonal": (
+            "pixels",
+            "diagonal shift (k, k) (pixels along each axis, on a zero-padded canvas)",
+        ),
+    }
+
+    @classmethod
+    def describe(cls) -> dict:
+        """Also each curve's axis and label, which the report draws them with."""
+        axes = {name: {"axis": axis, "label": label} for name, (axis, label) in cls.axes.items()}
+        return {**super().describe(), "axes": axes}
 
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
         points: list[tuple[str, str, TransformFamily, torch.Tensor]] = []

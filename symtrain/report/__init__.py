@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from symtrain.report import figures as plots
-from symtrain.report.collect import families, read_runs, task_of
+from symtrain.report.collect import curves_of, families, read_runs, task_of
 from symtrain.report.page import html_page, markdown
 
 
@@ -43,38 +43,19 @@ def build_report(
     notes = [f"not finished, left out: {', '.join(str(p) for p in unfinished)}"] if unfinished else []
     candidates = [
         (
-            f"Test {task.score_label} against rotation angle (mean ± std over seeds)",
+            f"Test {task.score_label} against {axis['label'].split(' (')[0]} (mean ± std over seeds)",
             plots.score_curve(
                 approaches,
-                "test/rotation",
-                "angle",
-                "rotation angle (degrees)",
-                figures_dir / f"{task.score_label.lower()}_vs_angle.png",
+                f"test/{name}",
+                axis["axis"],
+                axis["label"],
+                figures_dir / f"{task.score_label.lower()}_vs_{name}.png",
                 task,
             ),
-        ),
-        (
-            f"Test {task.score_label} against shift (mean ± std over seeds)",
-            plots.score_curve(
-                approaches,
-                "test/shift",
-                "pixels",
-                "shift (pixels, on a zero-padded canvas)",
-                figures_dir / f"{task.score_label.lower()}_vs_shift.png",
-                task,
-            ),
-        ),
-        (
-            f"Test {task.score_label} against diagonal shift (k, k) (mean ± std over seeds)",
-            plots.score_curve(
-                approaches,
-                "test/shift_diagonal",
-                "pixels",
-                "diagonal shift (pixels along each axis, on a zero-padded canvas)",
-                figures_dir / f"{task.score_label.lower()}_vs_diagonal_shift.png",
-                task,
-            ),
-        ),
+        )
+        for name, axis in curves_of(approaches, task).items()
+    ]
+    candidates += [
         (
             "Layer-wise equivariance error of each stage's feature map (log scale below 1e-3 is linear)",
             plots.layerwise(approaches, measured, figures_dir / "layerwise.png"),

@@ -134,6 +134,21 @@ def measures_of(approaches: list[Approach], task: Task) -> list[dict[str, Any]]:
     return [cls.describe() for cls in measures_for(task.name, None)]
 
 
+def curves_of(approaches: list[Approach], task: Task) -> dict[str, dict[str, str]]:
+    """The curves the runs recorded, by name (``rotation``, ``shift``, ...), each with the axis
+    it is drawn against and that axis' label, as the curve measure described them; runs from
+    before the measures described their curves get the axis' name as the label."""
+    described = next((m.get("axes") for m in measures_of(approaches, task) if m["key"] == "curve"), None)
+    recorded: dict[str, dict[str, str]] = {}
+    for approach in approaches:
+        for run in approach.runs:
+            for key, curve in run.summary.get("curves", {}).items():
+                name = key.partition("/")[2]
+                axis = next(k for k in curve if k not in ("acc", "miou"))
+                recorded.setdefault(name, (described or {}).get(name) or {"axis": axis, "label": axis})
+    return recorded
+
+
 def task_of(approaches: list[Approach]) -> Task:
     """The one task every run was trained for.
 

@@ -7,21 +7,9 @@ import html
 from datetime import datetime
 from pathlib import Path
 
-from symtrain.report.collect import Approach, Task, mean_std, measures_of
+from symtrain.report.collect import Approach, Task, families, mean_std, measures_of
+from symtrain.transforms import families_by_name
 
-_FAMILIES = (
-    "families",
-    "rot90: rotations by multiples of 90° (exact on the grid); flip: mirror images (exact); "
-    "circular_shift: integer shifts that wrap around (exact); shift: integer shifts with zero "
-    "fill, measured on a canvas zero-padded by the largest shift, so nothing leaves it; rotation: "
-    "any angle, bilinear, measured on the inscribed disk (masked once, after the rotation); affine "
-    "and elastic: random warps, on the disk; diffeo: Petrini et al. 2021's smooth random "
-    "deformations, on the grid (their border stays). Each family's fixed test elements are spread over it "
-    "and bounded away from the identity (rotation: −124.4°, −34.4°, 55.6°, 145.6°, 90° apart and "
-    "each at least 10° from every element of C4, C8 and C16, so no such model meets its own "
-    "elements; shifts: the quarter turns of (a, b), the largest odd shifts up to m/2 and m: (3, 7) "
-    "for circular shifts of up to 8 pixels, (1, 3) for zero-fill shifts of up to 4).",
-)
 _UPRIGHT = {
     "classification": ("accuracy (upright)", "share of the test split classified correctly, as is."),
     "segmentation": (
@@ -41,7 +29,11 @@ def definitions(approaches: list[Approach], task: Task) -> list[tuple[str, str]]
     """(term, definition) of the report's numbers: each measure's own definition, as the runs
     recorded it."""
     measured = [(m["title"], m["definition"]) for m in measures_of(approaches, task)]
-    return [_UPRIGHT[task.name], *measured, _SUBSET, _FAMILIES]
+    known = families_by_name()
+    described = [
+        (f"family {name}", known[name].definition()) for name in families(approaches) if name in known
+    ]
+    return [_UPRIGHT[task.name], *measured, _SUBSET, *described]
 
 
 def _scientific(value: float, digits: int) -> bool:
