@@ -1,5 +1,5 @@
-"""Every plugin honours its contract: backbones, transformation families and symmetry
-strategies are discovered (every public subclass in the package), built at the tiny sizes they
+"""Every plugin honours its contract: backbones, transformation families, symmetry strategies
+and data modules are discovered (every public subclass in the package), built at the tiny sizes they
 declare (``examples``), and checked, including "declared exact => measured exact" for every
 family a backbone claims. A new plugin is tested by being written; no list here names one.
 (Measures have theirs in test_metrics: every registered measure at the identity element.)"""
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 
 import symtrain
 from symtrain.backbones import Backbone
+from symtrain.data import ImageDataModule
 from symtrain.errors import SymtrainError
 from symtrain.module import Normalize, SegmentationNet
 from symtrain.symmetry import Augmentation, SymmetryStrategy
@@ -211,3 +214,29 @@ def test_strategy_accepts_or_refuses_a_backbone_in_one_line(
         strategy.check(backbone, image_size=28)
     except SymtrainError as error:
         assert len(str(error).splitlines()) == 1 and "invariance" in str(error) or "multiple" in str(error)
+
+
+@pytest.mark.parametrize("cls,kwargs", examples(ImageDataModule))
+def test_data_module_builds_its_splits_or_says_where_the_files_go(
+    cls: type, kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each data module at its tiny settings: uint8 images and int64 labels of the size and
+    channels it announced before setup (what the CLI links into the model); a module that reads
+    files, pointed at an empty directory, refuses in one line that names where they go."""
+    kwargs = dict(kwargs)
+    reads_files = "root" in inspect.signature(cls).parameters and "root" not in kwargs
+    if reads_files:
+        kwargs["root"] = str(tmp_path / "absent")
+    if reads_files:  # refused when built or, at the latest, when set up
+        with pytest.raises(SymtrainError) as refused:
+            cls(**kwargs).setup("fit")
+        assert len(str(refused.value).splitlines()) == 1 and "absent" in str(refused.value)
+        return
+    data = cls(**kwargs)
+    data.setup("fit")
+    assert {"train", "val", "test"} <= set(data.splits)
+    for split in data.splits.values():
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        assert split.images.shape[1:] == (data.in_channels, data.image_size, data.image_size)
+        assert int(split.labels.max()) < data.num_classes
+    assert len(data.mean) == len(data.std) == data.in_channels

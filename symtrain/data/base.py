@@ -8,6 +8,7 @@ rest (validation carve-out, loaders, the facts the model needs linked into it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -104,6 +105,9 @@ class ImageDataModule(pl.LightningDataModule):
     """
 
     name: str = "data"
+    # Settings of tiny instances the contract tests build (a ``root`` they do not set is
+    # pointed at an empty directory, where the module must refuse in one line).
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     # Whether :meth:`load_splits` gives per-pixel masks (for segmentation), and whether the
     # loaders deliver them: the CLI turns ``with_masks`` on for a segmentation model.
     has_masks: bool = False

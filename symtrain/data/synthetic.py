@@ -293,6 +293,8 @@ class SyntheticShapes(ImageDataModule):
     name = "shapes"
     has_masks = True
 
+    examples = ({"num_train": 16, "num_val": 8, "num_test": 8, "image_size": 29},)
+
     def __init__(
         self,
         num_train: int = 8000,
