@@ -16,19 +16,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import symtrain.data  # noqa: F401  (makes the data modules' short names resolvable)
+from symtrain.artefacts import RunArtefacts, run_loggers
 from symtrain.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
-from symtrain.clock import seconds_since_start
 from symtrain.data import ImageDataModule
 from symtrain.errors import SymtrainError, one_line_error
 from symtrain.metrics import EquivarianceMetrics
@@ -38,21 +36,15 @@ from symtrain.recovery import (
     Preemption,
     RandomState,
     exit_code_for,
-    find_resumable_run,
-    newest_checkpoint,
-    run_of_checkpoint,
+    resolve_checkpoint,
 )
 from symtrain.runs import (
     RunOptions,
     create_run_dir,
     default_run_name,
-    find_checkpoint,
     remove_run,
     run_name_prefix,
-    to_jsonable,
-    wandb_mode,
     write_atomically,
-    write_summary,
 )
 from symtrain.timings import Timings
 
@@ -67,14 +59,6 @@ _RUN_DIR_ENV = "SYMTRAIN_RUN_DIR"
 
 
 # The last segment of a config key whose value is a plugin, and the base class of its choices.
-class FlatKeysWandbLogger(WandbLogger):
-    """Nests the model's hyperparameters under ``hparams`` so its ``backbone`` entry cannot
-    overwrite the flat ``backbone`` key that dashboards group runs by."""
-
-    def log_hyperparams(self, params: Any) -> None:
-        super().log_hyperparams({"hparams": dict(params)})
-
-
 class SymtrainArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, reporting mistakes as one line and exit code 2."""
 
@@ -156,7 +140,8 @@ class SymtrainCLI(LightningCLI):
         # Lightning keeps SLURM's requeue checkpoints (hpc_ckpt_N.ckpt) in default_root_dir.
         kwargs["default_root_dir"] = str(self.run_dir)
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = self._loggers(self.run_dir, options, names)
+            data = self._get(self.config, "data").as_dict()
+            kwargs["logger"] = run_loggers(self.run_dir, options, names, self.model.num_params, data)
         checkpoints = self.run_dir / "checkpoints"
         # best: lowest val/loss (accuracy ties early, at 1.0, and would keep an undertrained
         # model). last: every epoch, in its own callback, because Lightning's save_last only
@@ -167,6 +152,7 @@ class SymtrainCLI(LightningCLI):
         recovery = [RandomState(), self.preemption, NonFiniteLossStop(checkpoints / "last.ckpt")]
         callbacks = trainer_config.get("callbacks") or []
         self.timings = Timings()
+        self.artefacts = RunArtefacts(self.run_dir, self.timings)
         kwargs["callbacks"] = [*callbacks, *recovery, self.timings, best, last]
         if not any(isinstance(p, CheckpointIO) for p in trainer_config.get("plugins") or []):
             kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
@@ -194,26 +180,13 @@ class SymtrainCLI(LightningCLI):
         fit_prefix = run_name_prefix(
             names["backbone"], names["strategy"], self._run_dataset(names), names["seed"]
         )
-        run_dir: Path | None = None
-        if ckpt_path in ("last", "best"):
-            name = options.name if self.subcommand == "fit" else None
-            run_dir = find_resumable_run(root, name, fit_prefix)
-            if run_dir is None:
-                looked_for = f"'{options.name}'" if name else f"'{fit_prefix}*' with a checkpoint"
-                if self.subcommand != "fit":
-                    raise SymtrainError(f"no run {looked_for} under '{root}': pass --ckpt_path FILE")
-                rank_zero_only(sys.stderr.write)(
-                    f"symtrain: no run {looked_for} under '{root}' to resume: starting a new run\n"
-                )
-                self._set_ckpt_path(None)
-                return None
-            checkpoint = newest_checkpoint(run_dir) if ckpt_path == "last" else find_checkpoint(run_dir)
-        else:
-            path = Path(ckpt_path)
-            checkpoint = find_checkpoint(path)
-            if path.is_dir() and self.subcommand == "fit":
-                checkpoint = newest_checkpoint(path) or checkpoint
-            run_dir = run_of_checkpoint(checkpoint)
+        name = options.name if self.subcommand == "fit" else None
+        resolved = resolve_checkpoint(ckpt_path, self.subcommand, root, name, fit_prefix)
+        if resolved.checkpoint is None:
+            rank_zero_only(sys.stderr.write)(resolved.note)
+            self._set_ckpt_path(None)
+            return None
+        checkpoint, run_dir = resolved.checkpoint, resolved.run_dir
         if str(checkpoint) != str(ckpt_path):
             # LightningCLI took the model's config from the checkpoint only if it was named as a
             # file; a resolved one may hold another model (e.g. a run of another width).
@@ -249,102 +222,6 @@ class SymtrainCLI(LightningCLI):
     def _run_dataset(names: dict[str, Any]) -> str:
         """The data part of run names: segmentation runs are named, and resumed, apart."""
         return f"{names['dataset']}-seg" if names["task"] == "segmentation" else names["dataset"]
-
-    def _loggers(self, run_dir: Path, options: RunOptions, names: dict[str, Any]) -> list[Logger]:
-        # CSV first: Lightning takes the first logger's directory as trainer.log_dir, where
-        # the config is saved, so config.yaml lands in the run directory.
-        loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
-        if options.wandb:
-            import wandb  # imported here: it is slow to import and not every command logs
-
-            loggers.append(
-                FlatKeysWandbLogger(
-                    name=run_dir.name,
-                    save_dir=str(run_dir.parent),
-                    project=options.project,
-                    group=options.group,
-                    tags=[names["backbone"], names["strategy"], names["dataset"], *options.tags],
-                    config={
-                        **names,
-                        "params": self.model.num_params,
-                        "run_dir": str(run_dir),
-                        "data": self._get(self.config, "data").as_dict(),
-                    },
-                    mode=wandb_mode(str(run_dir.parent)),
-                    settings=wandb.Settings(silent=options.quiet, console="off"),
-                )
-            )
-        return loggers
-
-    def _summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        # Read from disk, not from the checkpoint callback: testing the best checkpoint restores
-        # the callback's state as it was when that checkpoint was written.
-        checkpoints = {
-            name: f"checkpoints/{name}.ckpt"
-            if (self.run_dir / "checkpoints" / f"{name}.ckpt").is_file()
-            else None
-            for name in ("best", "last")
-        }
-        return {
-            "run_name": self.run_dir.name,
-            **self._component_names(),
-            "params": self.model.num_params,
-            "fit_seconds": getattr(self, "_fit_seconds", None),
-            "seconds": self._seconds(),
-            "metrics": to_jsonable(metrics),
-            "curves": self._curves(),
-            "measures": self._measures(),
-            "families": self._families(),
-            "checkpoints": checkpoints,
-        }
-
-    def _metrics_callback(self) -> EquivarianceMetrics | None:
-        callbacks = [c for c in self.trainer.callbacks if isinstance(c, EquivarianceMetrics)]
-        return callbacks[0] if callbacks else None
-
-    def _measures(self) -> list[dict[str, Any]]:
-        """What each measure is (title, definition, caption): the report reads them from here."""
-        metrics = self._metrics_callback()
-        task = "segmentation" if getattr(self.model, "segmentation", False) else "classification"
-        return metrics.describe(task) if metrics else []
-
-    def _families(self) -> list[str]:
-        """The measured families' names, in the order the config lists them (the report's)."""
-        metrics = self._metrics_callback()
-        return [family.name for family in metrics.families] if metrics else []
-
-    def _curves(self) -> dict[str, dict[str, list[float]]]:
-        metrics = self._metrics_callback()
-        return metrics.curves if metrics else {}
-
-    def _seconds(self) -> dict[str, float]:
-        """Where this process's time went so far: start-up, training, validation and test loops
-        (without the equivariance measurements inside them), and the measurements."""
-        seconds = dict(self.timings.seconds)
-        metrics = self._metrics_callback()
-        measured = dict(metrics.seconds) if metrics else {}
-        for loop, stage in (("validate", "val"), ("test", "test")):
-            if loop in seconds:
-                seconds[loop] -= measured.get(stage, 0.0)
-        seconds["measure"] = sum(measured.values())
-        if (elapsed := seconds_since_start()) is not None:
-            seconds["elapsed"] = elapsed
-        return {part: round(value, 3) for part, value in seconds.items()}
-
-    def _log_curves_to_wandb(self) -> None:
-        """Accuracy against rotation angle and shift as wandb tables with line plots."""
-        import wandb
-
-        for logger in self.trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            for name, curve in self._curves().items():
-                axis, score = curve  # e.g. angle and acc (classification) or miou (segmentation)
-                table = wandb.Table(
-                    columns=[axis, score], data=[list(p) for p in zip(curve[axis], curve[score], strict=True)]
-                )
-                plot = wandb.plot.line(table, axis, score, title=f"{name}: {score} vs {axis}")
-                logger.experiment.log({f"{name}/{score}_curve": plot})
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -392,21 +269,12 @@ class SymtrainCLI(LightningCLI):
         self._finish(dict(self.trainer.callback_metrics))
 
     def after_predict(self) -> None:
-        batches = self.trainer.predict_loop.predictions
-        if self.trainer.is_global_zero and batches:
-            predictions = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
-            torch.save(predictions, self.run_dir / "predictions.pt")
+        self.artefacts.save_predictions(self.trainer)
         self._finish({})
 
     def _finish(self, metrics: dict[str, Any]) -> None:
-        if self.trainer.is_global_zero:
-            write_summary(self.run_dir, self._summary(metrics))
-            if "wandb" in sys.modules:
-                self._log_curves_to_wandb()
-        for logger in self.trainer.loggers:
-            logger.finalize("success")
-        if sys.modules.get("wandb") is not None and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish()
+        fit_seconds = getattr(self, "_fit_seconds", None)
+        self.artefacts.write(self.trainer, self.model, metrics, self._component_names(), fit_seconds)
 
 
 def user_error(error: BaseException | None) -> BaseException | None:

@@ -21,6 +21,7 @@ import random
 import re
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,53 @@ def run_of_checkpoint(path: Path) -> Path | None:
         if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
             return run_dir
     return None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where ``--ckpt_path`` leads.
+
+    Attributes:
+        checkpoint: the checkpoint file to load, or None to start a new run.
+        run_dir: the run directory the checkpoint belongs to, if any.
+        note: why nothing is resumed, when a fit starts anew (one line for the user).
+    """
+
+    checkpoint: Path | None
+    run_dir: Path | None
+    note: str | None = None
+
+
+def resolve_checkpoint(
+    ckpt_path: str, subcommand: str, root: Path, name: str | None, prefix: str
+) -> Resolved:
+    """Turn ``--ckpt_path`` into a checkpoint file: ``last`` and ``best`` mean the run ``name``
+    (for fit, ``--run.name``), else the newest run under ``root`` whose name starts with
+    ``prefix`` (the same backbone, strategy, data and seed); a run directory means its newest
+    checkpoint for fit (to continue it), its best one otherwise; a file means itself.
+
+    Raises:
+        SymtrainError: for test, validate or predict, when no run matches (fit starts anew,
+            with a ``note``), or when the path holds no checkpoint.
+    """
+    from symtrain.runs import find_checkpoint  # runs.py builds on this module's helpers
+
+    if ckpt_path in ("last", "best"):
+        run_dir = find_resumable_run(root, name, prefix)
+        if run_dir is None:
+            looked_for = f"'{name}'" if name else f"'{prefix}*' with a checkpoint"
+            if subcommand != "fit":
+                raise SymtrainError(f"no run {looked_for} under '{root}': pass --ckpt_path FILE")
+            return Resolved(
+                None, None, f"symtrain: no run {looked_for} under '{root}' to resume: starting a new run\n"
+            )
+        checkpoint = newest_checkpoint(run_dir) if ckpt_path == "last" else find_checkpoint(run_dir)
+        return Resolved(checkpoint, run_dir)
+    path = Path(ckpt_path)
+    checkpoint = find_checkpoint(path)
+    if path.is_dir() and subcommand == "fit":
+        checkpoint = newest_checkpoint(path) or checkpoint
+    return Resolved(checkpoint, run_of_checkpoint(checkpoint))
 
 
 class RandomState(Callback):
