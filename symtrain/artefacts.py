@@ -68,18 +68,13 @@ class RunArtefacts:
     def __init__(self, run_dir: Path, timings: Timings) -> None:
         self.run_dir = run_dir
         self.timings = timings
+        self.names: dict[str, Any] = {}  # backbone, strategy, dataset, seed, task, approach
+        self.fit_seconds: float | None = None  # the fit's wall time, once it has ended
 
-    def write(
-        self,
-        trainer: pl.Trainer,
-        module: pl.LightningModule,
-        metrics: dict[str, Any],
-        names: dict[str, Any],
-        fit_seconds: float | None,
-    ) -> None:
+    def write(self, trainer: pl.Trainer, module: pl.LightningModule, metrics: dict[str, Any]) -> None:
         """``summary.json`` and the wandb curves, then every logger finalised."""
         if trainer.is_global_zero:
-            write_summary(self.run_dir, self.summary(trainer, module, metrics, names, fit_seconds))
+            write_summary(self.run_dir, self.summary(trainer, module, metrics))
             if "wandb" in sys.modules:
                 self._log_curves_to_wandb(trainer)
         for logger in trainer.loggers:
@@ -94,14 +89,7 @@ class RunArtefacts:
             predictions = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
             torch.save(predictions, self.run_dir / "predictions.pt")
 
-    def summary(
-        self,
-        trainer: pl.Trainer,
-        module: pl.LightningModule,
-        metrics: dict[str, Any],
-        names: dict[str, Any],
-        fit_seconds: float | None,
-    ) -> dict[str, Any]:
+    def summary(self, trainer: pl.Trainer, module: pl.LightningModule, metrics: dict) -> dict[str, Any]:
         # Read from disk, not from the checkpoint callback: testing the best checkpoint restores
         # the callback's state as it was when that checkpoint was written.
         checkpoints = {
@@ -112,9 +100,9 @@ class RunArtefacts:
         }
         return {
             "run_name": self.run_dir.name,
-            **names,
+            **self.names,
             "params": module.num_params,
-            "fit_seconds": fit_seconds,
+            "fit_seconds": self.fit_seconds,
             "seconds": self._seconds(trainer),
             "metrics": to_jsonable(metrics),
             "curves": self._curves(trainer),

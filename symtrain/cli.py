@@ -273,8 +273,9 @@ class SymtrainCLI(LightningCLI):
         self._finish({})
 
     def _finish(self, metrics: dict[str, Any]) -> None:
-        fit_seconds = getattr(self, "_fit_seconds", None)
-        self.artefacts.write(self.trainer, self.model, metrics, self._component_names(), fit_seconds)
+        self.artefacts.names = self._component_names()
+        self.artefacts.fit_seconds = getattr(self, "_fit_seconds", None)
+        self.artefacts.write(self.trainer, self.model, metrics)
 
 
 def user_error(error: BaseException | None) -> BaseException | None:
