@@ -86,14 +86,15 @@ class RelativeStability(Measure):
             change = (deformed - images).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
             noise = batch.normal(draw)
             noisy = images + noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * change
-            outputs = net(torch.cat([deformed, noisy]))
+            both = torch.cat([deformed, noisy])
+            # one pass for the stages and the logits: the last stage's map is forward's output
+            moved = backbone.layer_outputs(net.normalize(both)) if layers else {}
+            outputs = net.head(list(moved.values())[-1]) if moved else net(both)
             on_deformed, on_noisy = outputs.split(len(images))
             d_f.update(on_deformed, reference)
             g_f.update(on_noisy, reference)
             record.metric(f"{prefix}/diffeo/R_f", StabilityRatio).update(on_deformed, on_noisy, reference)
-            if layers:
-                moved = backbone.layer_outputs(net.normalize(torch.cat([deformed, noisy])))
-                for name, features in moved.items():
-                    on_deformed, on_noisy = features.split(len(images))
-                    ratio = record.metric(f"{prefix}/diffeo/R_f/layer/{name}", StabilityRatio)
-                    ratio.update(on_deformed, on_noisy, layers[name])
+            for name, features in moved.items():
+                on_deformed, on_noisy = features.split(len(images))
+                ratio = record.metric(f"{prefix}/diffeo/R_f/layer/{name}", StabilityRatio)
+                ratio.update(on_deformed, on_noisy, layers[name])

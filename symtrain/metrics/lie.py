@@ -100,7 +100,7 @@ class LieDerivative(Measure):
 
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
         for generator in GENERATORS:
-            derivative = lie_derivative(batch.net, batch.images, generator, batch.segmentation).abs()
+            derivative = end_to_end(batch, generator).abs()
             if batch.segmentation and generator == "rotation":  # on the disk, like the rotation family
                 inside = frame_region(Rotation(), batch.images).to(derivative.dtype)
                 per_image = (derivative * inside).sum(dim=(-2, -1)).mean(dim=1) / inside.sum()
@@ -128,19 +128,30 @@ class LieLayerShares(Measure):
     default = False  # 1 + (stages) derivatives per generator: opt in with metrics.measures
 
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
-        for generator, shares in layer_shares(batch.net, batch.images, generator=None).items():
-            for name, share in shares.items():
+        if not batch.net.backbone.layer_strides():
+            return
+        for generator in GENERATORS:
+            total = end_to_end(batch, generator)  # shared with ``lie`` when both run
+            for name, share in layer_shares(batch.net, batch.images, generator, total).items():
                 record.mean(f"{prefix}/lie/{generator}/layer/{name}", share)
 
 
-def layer_contributions(net: nn.Module, images: Tensor, generator: str) -> tuple[Tensor, dict[str, Tensor]]:
+def end_to_end(batch: Batch, generator: str) -> Tensor:
+    """:func:`lie_derivative` of the batch, computed once for the measures that read it."""
+    dense = batch.segmentation
+    return batch.once(("lie", generator), lambda: lie_derivative(batch.net, batch.images, generator, dense))
+
+
+def layer_contributions(
+    net: nn.Module, images: Tensor, generator: str, total: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """L_X f (B, K) and each stage's contribution C_k (B, K), plus the head's, with
     Σ_k C_k = L_X f. E_k, the output's derivative when only stage k's map moves (E_0: the
-    image), gives C_k = E_{k−1} − E_k and the head's E_last."""
+    image, ``total`` when already computed), gives C_k = E_{k−1} − E_k and the head's E_last."""
     backbone = net.backbone
     strides = backbone.layer_strides()
     names = list(strides)
-    moved = [lie_derivative(net, images, generator)]  # E_0: the image moves
+    moved = [lie_derivative(net, images, generator) if total is None else total]  # E_0: the image moves
     normalised = net.normalize(_frame(images, generator))
     for name in names:
 
@@ -160,14 +171,10 @@ def layer_contributions(net: nn.Module, images: Tensor, generator: str) -> tuple
     return moved[0], contributions
 
 
-def layer_shares(net: nn.Module, images: Tensor, generator: str | None) -> dict[str, dict[str, Tensor]]:
-    """Per generator (all when None), each stage's per-image share mean_k C_k·sign(L_X f), (B,)."""
-    generators = list(GENERATORS) if generator is None else [generator]
-    if not net.backbone.layer_strides():
-        return {}
-    shares = {}
-    for name in generators:
-        total, contributions = layer_contributions(net, images, name)
-        sign = total.sign()
-        shares[name] = {layer: (c * sign).mean(dim=1) for layer, c in contributions.items()}
-    return shares
+def layer_shares(
+    net: nn.Module, images: Tensor, generator: str, total: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Each stage's per-image share of ``generator``'s Lie derivative, mean_k C_k·sign(L_X f), (B,)."""
+    total, contributions = layer_contributions(net, images, generator, total)
+    sign = total.sign()
+    return {layer: (c * sign).mean(dim=1) for layer, c in contributions.items()}
