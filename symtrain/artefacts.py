@@ -1,93 +1,76 @@
-"""What a run leaves besides its checkpoints: its loggers (CSV in the run directory, wandb),
-``summary.json`` (names, parameters, times, metrics, curves, the measures' definitions),
-``predictions.pt``, and the curves as wandb line plots."""
+"""What a run leaves besides its checkpoints and loggers: ``summary.json`` (names, parameters,
+times, metrics, curves, the measures' definitions), ``predictions.pt``, and the curves as wandb
+line plots, written by a callback when each command ends."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 
 from symtrain.clock import seconds_since_start
 from symtrain.metrics import EquivarianceMetrics
-from symtrain.runs import RunOptions, to_jsonable, wandb_mode, write_summary
+from symtrain.runs import RunIdentity, to_jsonable, write_summary
 from symtrain.timings import Timings
 
 
-class FlatKeysWandbLogger(WandbLogger):
-    """Nests the model's hyperparameters under ``hparams`` so its ``backbone`` entry cannot
-    overwrite the flat ``backbone`` key that dashboards group runs by."""
+class RunArtefacts(pl.Callback):
+    """Writes a run's artefacts (rank 0 only) when each of its commands ends.
 
-    def log_hyperparams(self, params: Any) -> None:
-        super().log_hyperparams({"hparams": dict(params)})
-
-
-def run_loggers(
-    run_dir: Path, options: RunOptions, names: dict[str, Any], params: int, data: dict[str, Any]
-) -> list[Logger]:
-    """The run's loggers: CSV in the run directory, and wandb (offline unless logged in) with
-    the flat keys dashboards group runs by."""
-    # CSV first: Lightning takes the first logger's directory as trainer.log_dir, where
-    # the config is saved, so config.yaml lands in the run directory.
-    loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
-    if options.wandb:
-        import wandb  # imported here: it is slow to import and not every command logs
-
-        loggers.append(
-            FlatKeysWandbLogger(
-                name=run_dir.name,
-                save_dir=str(run_dir.parent),
-                project=options.project,
-                group=options.group,
-                tags=[names["backbone"], names["strategy"], names["dataset"], *options.tags],
-                config={
-                    **names,
-                    "params": params,
-                    "run_dir": str(run_dir),
-                    "data": data,
-                },
-                mode=wandb_mode(str(run_dir.parent)),
-                settings=wandb.Settings(silent=options.quiet, console="off"),
-            )
-        )
-    return loggers
-
-
-class RunArtefacts:
-    """Writes a run's artefacts when a command ends (rank 0 only), then closes its loggers.
+    ``summary.json`` is rewritten at the end of every trainer command with the metrics of all
+    commands so far, so a fit followed by a test of its best checkpoint leaves one summary with
+    both; a command that fails leaves the summary of the last one that ended.
 
     Args:
         run_dir: the run's directory.
+        identity: the run's names (flat keys of ``summary.json``).
         timings: the callback that clocks the run's loops (``summary.json``'s ``seconds``).
+        test_follows_fit: the command tests the fitted model next; the summary waits for it, so
+            a run with a summary is one whose command finished.
     """
 
-    def __init__(self, run_dir: Path, timings: Timings) -> None:
+    def __init__(
+        self, run_dir: Path, identity: RunIdentity, timings: Timings, test_follows_fit: bool = False
+    ) -> None:
         self.run_dir = run_dir
+        self.test_follows_fit = test_follows_fit
+        self.identity = identity
         self.timings = timings
-        self.names: dict[str, Any] = {}  # backbone, strategy, dataset, seed, task, approach
+        self.metrics: dict[str, Any] = {}
         self.fit_seconds: float | None = None  # the fit's wall time, once it has ended
+        self._fit_started: float | None = None
+        self._curves_logged: set[str] = set()
 
-    def write(self, trainer: pl.Trainer, module: pl.LightningModule, metrics: dict[str, Any]) -> None:
-        """``summary.json`` and the wandb curves, then every logger finalised."""
-        if trainer.is_global_zero:
-            write_summary(self.run_dir, self.summary(trainer, module, metrics))
-            if "wandb" in sys.modules:
-                self._log_curves_to_wandb(trainer)
-        for logger in trainer.loggers:
-            logger.finalize("success")
-        if sys.modules.get("wandb") is not None and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish()
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._fit_started = time.perf_counter()
 
-    def save_predictions(self, trainer: pl.Trainer) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fit_started is not None:
+            self.fit_seconds = time.perf_counter() - self._fit_started
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``predictions.pt``: the predict loop's outputs, concatenated."""
         batches = trainer.predict_loop.predictions
         if trainer.is_global_zero and batches:
             predictions = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
             torch.save(predictions, self.run_dir / "predictions.pt")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """``summary.json`` and the new wandb curves (Lightning then finalises the loggers)."""
+        if stage != "predict":
+            self.metrics.update(trainer.callback_metrics)
+        if stage == "fit" and self.test_follows_fit and not trainer.interrupted:
+            return
+        if trainer.is_global_zero:
+            write_summary(self.run_dir, self.summary(trainer, pl_module, self.metrics))
+            if "wandb" in sys.modules:
+                self._log_curves_to_wandb(trainer)
 
     def summary(self, trainer: pl.Trainer, module: pl.LightningModule, metrics: dict) -> dict[str, Any]:
         # Read from disk, not from the checkpoint callback: testing the best checkpoint restores
@@ -100,7 +83,7 @@ class RunArtefacts:
         }
         return {
             "run_name": self.run_dir.name,
-            **self.names,
+            **self.identity.as_dict(),
             "params": module.num_params,
             "fit_seconds": self.fit_seconds,
             "seconds": self._seconds(trainer),
@@ -149,10 +132,13 @@ class RunArtefacts:
         """Accuracy against rotation angle and shift as wandb tables with line plots."""
         import wandb
 
+        curves = self._curves(trainer)
+        new = {name: curves[name] for name in curves if name not in self._curves_logged}
+        self._curves_logged.update(new)
         for logger in trainer.loggers:
             if not isinstance(logger, WandbLogger):
                 continue
-            for name, curve in self._curves(trainer).items():
+            for name, curve in new.items():
                 axis, score = curve  # e.g. angle and acc (classification) or miou (segmentation)
                 table = wandb.Table(
                     columns=[axis, score], data=[list(p) for p in zip(curve[axis], curve[score], strict=True)]

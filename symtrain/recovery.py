@@ -1,6 +1,5 @@
 """Keeping a run's work when the process is stopped, killed or its training diverges.
 
-- :func:`find_resumable_run` picks the run directory that ``--ckpt_path last`` continues.
 - :class:`RandomState` puts the random generators' states into every checkpoint, so a resumed
   run draws the same shuffles and augmentations as one that was never interrupted.
 - :class:`Preemption` turns SIGTERM (and SIGUSR1 off SLURM) into a checkpoint at the next step
@@ -9,19 +8,18 @@
 - :class:`NonFiniteLossStop` stops training when the loss stops being finite, before a
   checkpoint with broken weights can replace the last good one.
 
-Lightning provides none of these as used here: its ``ckpt_path="last"`` looks only inside the
-current run's checkpoint directory (a fresh one per symtrain run), it saves no RNG state, its
-SIGTERM handling exits without saving, and its ``detect_anomaly`` syncs and slows every step.
+Which run ``--ckpt_path last`` continues is the runs layer's (:mod:`symtrain.runs`).
+
+Lightning provides none of these as used here: it saves no RNG state, its SIGTERM handling
+exits without saving, and its ``detect_anomaly`` syncs and slows every step.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,110 +30,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from symtrain.errors import SymtrainError
-
-# A default run name ends in its start time (or, on SLURM, its job id); see default_run_name.
-_STAMP = re.compile(r"(\d{8}-\d{6}|j[\d_]+)(-\d+)?")
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a resumed run continues from: the newer of ``checkpoints/last.ckpt`` and
-    the ``hpc_ckpt_*.ckpt`` that Lightning writes on a SLURM requeue signal."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
-    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
-
-
-def find_resumable_run(root: Path, name: str | None, prefix: str) -> Path | None:
-    """The run directory ``--ckpt_path last`` continues, or None when there is none.
-
-    Args:
-        root: the directory holding the runs (``--trainer.default_root_dir``).
-        name: ``--run.name`` when given: exactly that run.
-        prefix: otherwise the newest run whose name is ``prefix`` plus a time stamp (or SLURM
-            job id), i.e. the newest run of the same backbone, strategy, data and seed.
-
-    Examples:
-        >>> import tempfile
-        >>> root = Path(tempfile.mkdtemp())
-        >>> for run in ("cnn-none-shapes-s0-20260101-120000", "cnn-none-shapes-s0-20260102-090000"):
-        ...     (root / run / "checkpoints").mkdir(parents=True)
-        ...     (root / run / "checkpoints" / "last.ckpt").touch()
-        >>> find_resumable_run(root, None, "cnn-none-shapes-s0-").name
-        'cnn-none-shapes-s0-20260102-090000'
-        >>> find_resumable_run(root, None, "cnn-none-shapes-s1-") is None
-        True
-    """
-    if name is not None:
-        candidates = [root / name]
-    elif root.is_dir():
-        candidates = [
-            path
-            for path in root.iterdir()
-            if path.name.startswith(prefix) and _STAMP.fullmatch(path.name[len(prefix) :])
-        ]
-    else:
-        candidates = []
-    saved = {path: newest_checkpoint(path) for path in candidates if path.is_dir()}
-    # The most recently saved; names (which end in the start time) break ties.
-    resumable = [
-        (checkpoint.stat().st_mtime_ns, path.name, path) for path, checkpoint in saved.items() if checkpoint
-    ]
-    return max(resumable)[2] if resumable else None
-
-
-def run_of_checkpoint(path: Path) -> Path | None:
-    """The run directory a checkpoint file belongs to, if it sits in one."""
-    for run_dir in (path.parent.parent, path.parent):
-        if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
-            return run_dir
-    return None
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """Where ``--ckpt_path`` leads.
-
-    Attributes:
-        checkpoint: the checkpoint file to load, or None to start a new run.
-        run_dir: the run directory the checkpoint belongs to, if any.
-        note: why nothing is resumed, when a fit starts anew (one line for the user).
-    """
-
-    checkpoint: Path | None
-    run_dir: Path | None
-    note: str | None = None
-
-
-def resolve_checkpoint(
-    ckpt_path: str, subcommand: str, root: Path, name: str | None, prefix: str
-) -> Resolved:
-    """Turn ``--ckpt_path`` into a checkpoint file: ``last`` and ``best`` mean the run ``name``
-    (for fit, ``--run.name``), else the newest run under ``root`` whose name starts with
-    ``prefix`` (the same backbone, strategy, data and seed); a run directory means its newest
-    checkpoint for fit (to continue it), its best one otherwise; a file means itself.
-
-    Raises:
-        SymtrainError: for test, validate or predict, when no run matches (fit starts anew,
-            with a ``note``), or when the path holds no checkpoint.
-    """
-    from symtrain.runs import find_checkpoint  # runs.py builds on this module's helpers
-
-    if ckpt_path in ("last", "best"):
-        run_dir = find_resumable_run(root, name, prefix)
-        if run_dir is None:
-            looked_for = f"'{name}'" if name else f"'{prefix}*' with a checkpoint"
-            if subcommand != "fit":
-                raise SymtrainError(f"no run {looked_for} under '{root}': pass --ckpt_path FILE")
-            return Resolved(
-                None, None, f"symtrain: no run {looked_for} under '{root}' to resume: starting a new run\n"
-            )
-        checkpoint = newest_checkpoint(run_dir) if ckpt_path == "last" else find_checkpoint(run_dir)
-        return Resolved(checkpoint, run_dir)
-    path = Path(ckpt_path)
-    checkpoint = find_checkpoint(path)
-    if path.is_dir() and subcommand == "fit":
-        checkpoint = newest_checkpoint(path) or checkpoint
-    return Resolved(checkpoint, run_of_checkpoint(checkpoint))
 
 
 class RandomState(Callback):

@@ -1,4 +1,5 @@
-"""Run directories, experiment tracking, summaries, and loading a trained model back.
+"""The runs layer: what a run is called, the directory it writes into, which run
+``--ckpt_path last`` continues, and loading a trained model back.
 
 Every run gets its own directory under the root (``runs/`` by default)::
 
@@ -12,21 +13,17 @@ Every run gets its own directory under the root (``runs/`` by default)::
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import re
 import shutil
-import socket
 import sys
-import threading
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from symtrain.errors import SymtrainError
@@ -58,38 +55,62 @@ class RunOptions:
     test_after_fit: bool = True
 
 
-def run_name_prefix(
-    backbone: str, strategy: str, dataset: str, seed: int | None, subcommand: str = "fit"
-) -> str:
-    """What every default run name of this backbone, strategy, data, seed and command starts with.
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run is: the names dashboards group it by (flat keys in wandb and ``summary.json``),
+    its default name, and which earlier runs ``--ckpt_path last`` may continue.
+
+    Args:
+        backbone: the backbone's name.
+        strategy: the symmetry strategy's class name.
+        dataset: the data module's name.
+        seed: the run's seed.
+        task: ``classification`` or ``segmentation``; segmentation runs are named, and resumed,
+            apart.
+        approach: the label of the compared approach (default ``{backbone} + {strategy}``).
 
     Examples:
-        >>> run_name_prefix("StandardCNN", "NoSymmetry", "shapes", 0)
+        >>> run = RunIdentity("StandardCNN", "NoSymmetry", "shapes", 0)
+        >>> run.approach
+        'StandardCNN + NoSymmetry'
+        >>> run.name_prefix()
         'standardcnn-nosymmetry-shapes-s0-'
-        >>> run_name_prefix("StandardCNN", "NoSymmetry", "shapes", 0, "test")
+        >>> run.name_prefix("test")
         'standardcnn-nosymmetry-shapes-s0-test-'
+        >>> RunIdentity("StandardCNN", "NoSymmetry", "shapes", 0, "segmentation").default_name()[:37]
+        'standardcnn-nosymmetry-shapes-seg-s0-'
     """
-    stage = "" if subcommand == "fit" else f"{subcommand}-"
-    return f"{backbone}-{strategy}-{dataset}-s{seed}-{stage}".lower()
 
+    backbone: str
+    strategy: str
+    dataset: str
+    seed: int | None
+    task: str = "classification"
+    approach: str | None = None
 
-def default_run_name(
-    backbone: str, strategy: str, dataset: str, seed: int | None, subcommand: str = "fit"
-) -> str:
-    """A readable, sortable name ending in the start time, which keeps repeated runs apart. In a
-    SLURM job it ends in the job id instead, so a requeued job finds its own run again.
+    def __post_init__(self) -> None:
+        if self.approach is None:
+            object.__setattr__(self, "approach", f"{self.backbone} + {self.strategy}")
 
-    Examples:
-        >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0)[:33]
-        'standardcnn-nosymmetry-shapes-s0-'
-        >>> default_run_name("StandardCNN", "NoSymmetry", "shapes", 0, "test")[:38]
-        'standardcnn-nosymmetry-shapes-s0-test-'
-    """
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    stamp = f"j{job}" if job and re.fullmatch(r"[\d_]+", job) else datetime.now().strftime("%Y%m%d-%H%M%S")
-    return run_name_prefix(backbone, strategy, dataset, seed, subcommand) + stamp
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def name_prefix(self, subcommand: str = "fit") -> str:
+        """What every default name of this run's backbone, strategy, data, seed and command
+        starts with."""
+        data = f"{self.dataset}-seg" if self.task == "segmentation" else self.dataset
+        stage = "" if subcommand == "fit" else f"{subcommand}-"
+        return f"{self.backbone}-{self.strategy}-{data}-s{self.seed}-{stage}".lower()
+
+    def default_name(self, subcommand: str = "fit") -> str:
+        """A readable, sortable name ending in the start time, which keeps repeated runs apart.
+        In a SLURM job it ends in the job id instead, so a requeued job finds its own run again."""
+        job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_JOB_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        if job and re.fullmatch(r"[\d_]+", job):
+            return f"{self.name_prefix(subcommand)}j{job}"
+        return self.name_prefix(subcommand) + datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def create_run_dir(root: str | os.PathLike, name: str) -> Path:
@@ -122,101 +143,54 @@ def create_run_dir(root: str | os.PathLike, name: str) -> Path:
     raise SymtrainError(f"too many runs named {name!r} under '{root}': choose another --run.name")
 
 
-def wandb_mode(sync_dir: str | None = None) -> str:
-    """The wandb mode for a run: online only when wandb can log in and reach its server.
+# Where rank 0 put this command's run directory, for the processes DDP relaunches.
+_RUN_DIR_ENV = "SYMTRAIN_RUN_DIR"
 
-    ``WANDB_MODE`` wins when set, except that an online mode falls back to offline, with one line
-    on stderr, when there are no credentials (wandb would stop and prompt for them) or the server
-    does not answer within a few seconds (wandb would retry for minutes before failing the run).
-    Without ``WANDB_MODE``, a run is online only for a logged-in user, so nothing ever prompts.
 
-    Args:
-        sync_dir: the directory holding the runs' ``wandb/`` folder, for the message on how to
-            upload an offline run later (default: ``runs``).
+@dataclass
+class RunDirectory:
+    """The directory one command writes into: a new one, or for a resumed fit the run it
+    continues.
 
-    Returns:
-        ``WANDB_MODE`` as set, ``"online"`` or ``"offline"``.
+    Only rank 0 creates it (Lightning broadcasts its checkpoint paths); the other processes
+    create nothing and point at the directory rank 0 made, through the environment that the
+    processes DDP relaunches inherit.
+
+    Attributes:
+        path: the run directory.
+        resumed: whether this command continues a run found on disk.
+        config_before: a resumed run's ``config.yaml`` as it was, put back if the resuming
+            command (whose config replaces it: it may extend ``max_epochs``) fails on a mistake.
     """
-    requested = os.environ.get("WANDB_MODE", "").strip()
-    # "offline", "dryrun" and "disabled" never touch the network: nothing to check.
-    if requested and requested not in ("online", "run", "shared"):
-        return requested
-    base_url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    url = urllib.parse.urlsplit(base_url if "://" in base_url else f"https://{base_url}")
-    host = url.hostname or "api.wandb.ai"
-    upload_later = f"upload later with: wandb sync {Path(sync_dir or 'runs') / 'wandb'}/offline-run-*"
-    if not _has_wandb_credentials(url.netloc or host):
-        if requested:
-            _tell(
-                f"WANDB_MODE={requested} but no credentials for {url.netloc or host}: logging offline; "
-                f"log in with `wandb login` (or set WANDB_API_KEY), {upload_later}"
-            )
-        return "offline"
-    target = f"{host}:{_port(url)}"
-    # wandb goes through the proxy the environment names, so that is what has to answer.
-    proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        reason = _cannot_connect(proxy_url.hostname or "", _port(proxy_url))
-        target += f" through proxy {proxy_url.hostname}:{_port(proxy_url)}"
-    else:
-        reason = _cannot_connect(host, _port(url))
-    if reason is not None:
-        _tell(f"cannot reach {target} ({reason}): logging offline; {upload_later}")
-        return "offline"
-    return requested or "online"
 
+    path: Path
+    resumed: bool = False
+    config_before: str | None = None
 
-def _has_wandb_credentials(netloc: str) -> bool:
-    """Whether wandb finds an API key for the server at ``netloc`` without prompting for one."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    # Where wandb looks: the file NETRC names, else ~/.netrc (what `wandb login` writes).
-    path = os.environ.get("NETRC")
-    try:
-        entries = netrc.netrc(os.path.expanduser(path) if path else None)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return entries.authenticators(netloc) is not None
+    @classmethod
+    def open(cls, root: Path, name: str, resume: Path | None = None) -> RunDirectory:
+        """The run ``resume`` when given, else a new directory ``root/name`` (suffixed if taken)."""
+        if resume is not None:
+            config = resume / "config.yaml"
+            run = cls(resume, True, config.read_text() if config.is_file() else None)
+        elif rank_zero_only.rank == 0:
+            run = cls(create_run_dir(root, name))
+        else:
+            run = cls(Path(os.environ.get(_RUN_DIR_ENV) or root / name))
+        if rank_zero_only.rank == 0:
+            os.environ[_RUN_DIR_ENV] = str(run.path)
+        return run
 
-
-def _port(url: urllib.parse.SplitResult) -> int:
-    """The URL's port: the explicit one, else the scheme's default."""
-    try:
-        port = url.port
-    except ValueError:  # not a number: wandb will refuse the URL itself, with its own message
-        port = None
-    return port or (80 if url.scheme == "http" else 443)
-
-
-def _cannot_connect(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """Why a TCP connection to ``host:port`` does not open within ``timeout`` seconds; None if it does."""
-    outcome: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        # UnicodeError: a host name that cannot be encoded (an empty or over-long label).
-        except (OSError, UnicodeError, ValueError) as error:
-            outcome.append(getattr(error, "strerror", None) or str(error) or type(error).__name__)
-
-    # In a thread, to bound the whole attempt: the name lookup has no timeout of its own and can
-    # stall for many seconds when a resolver is configured but unreachable.
-    worker = threading.Thread(target=connect, name="symtrain-wandb-probe", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return outcome[0] if outcome else "timed out"
-
-
-def _tell(message: str) -> None:
-    """One line on stderr, from the first process only: every DDP process builds the loggers."""
-    for variable in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if variable in os.environ:
-            if os.environ[variable] != "0":
-                return
-            break
-    sys.stderr.write(f"symtrain: wandb: {message}\n")
+    def abandon(self) -> None:
+        """After a user mistake: a new run with no checkpoint yet holds nothing worth keeping and
+        would look valid, so it goes; a resumed run gets its first config back."""
+        if self.resumed:
+            if self.config_before is not None:
+                write_atomically(self.path / "config.yaml", self.config_before)
+            return
+        checkpoints = self.path / "checkpoints"
+        if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            remove_run(self.path)
 
 
 def remove_run(run_dir: Path) -> None:
@@ -257,6 +231,118 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise SymtrainError(f"checkpoint '{path}' does not exist: pass a .ckpt file or a run directory")
     return path
+
+
+# A default run name ends in its start time (or, on SLURM, its job id); see RunIdentity.default_name.
+_STAMP = re.compile(r"(\d{8}-\d{6}|j[\d_]+)(-\d+)?")
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resumed run continues from: the newer of ``checkpoints/last.ckpt`` and
+    the ``hpc_ckpt_*.ckpt`` that Lightning writes on a SLURM requeue signal."""
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime_ns) if existing else None
+
+
+def find_resumable_run(root: Path, name: str | None, prefix: str) -> Path | None:
+    """The run directory ``--ckpt_path last`` continues, or None when there is none.
+
+    Args:
+        root: the directory holding the runs (``--trainer.default_root_dir``).
+        name: ``--run.name`` when given: exactly that run.
+        prefix: otherwise the newest run whose name is ``prefix`` plus a time stamp (or SLURM
+            job id), i.e. the newest run of the same backbone, strategy, data and seed.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for run in ("cnn-none-shapes-s0-20260101-120000", "cnn-none-shapes-s0-20260102-090000"):
+        ...     (root / run / "checkpoints").mkdir(parents=True)
+        ...     (root / run / "checkpoints" / "last.ckpt").touch()
+        >>> find_resumable_run(root, None, "cnn-none-shapes-s0-").name
+        'cnn-none-shapes-s0-20260102-090000'
+        >>> find_resumable_run(root, None, "cnn-none-shapes-s1-") is None
+        True
+    """
+    if name is not None:
+        candidates = [root / name]
+    elif root.is_dir():
+        candidates = [
+            path
+            for path in root.iterdir()
+            if path.name.startswith(prefix) and _STAMP.fullmatch(path.name[len(prefix) :])
+        ]
+    else:
+        candidates = []
+    saved = {path: newest_checkpoint(path) for path in candidates if path.is_dir()}
+    # The most recently saved; names (which end in the start time) break ties.
+    resumable = [
+        (checkpoint.stat().st_mtime_ns, path.name, path) for path, checkpoint in saved.items() if checkpoint
+    ]
+    return max(resumable)[2] if resumable else None
+
+
+def run_of_checkpoint(path: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to, if it sits in one."""
+    for run_dir in (path.parent.parent, path.parent):
+        if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+            return run_dir
+    return None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where ``--ckpt_path`` leads.
+
+    Attributes:
+        checkpoint: the checkpoint file to load, or None to start a new run.
+        run_dir: the run directory the checkpoint belongs to, if any.
+        note: why nothing is resumed, when a fit starts anew (one line for the user).
+    """
+
+    checkpoint: Path | None
+    run_dir: Path | None
+    note: str | None = None
+
+
+def resolve_checkpoint(
+    ckpt_path: str | None, subcommand: str, root: Path, name: str | None, prefix: str
+) -> Resolved | None:
+    """Turn ``--ckpt_path`` into a checkpoint file: ``last`` and ``best`` mean the run ``name``
+    (for fit, ``--run.name``), else the newest run under ``root`` whose name starts with
+    ``prefix`` (the same backbone, strategy, data and seed); a run directory means its newest
+    checkpoint for fit (to continue it), its best one otherwise; a file means itself. A requeued
+    SLURM job's fit resumes as if given ``last``.
+
+    Returns:
+        None when there is nothing to resolve (no ``--ckpt_path``, or Lightning's own ``hpc``
+        and ``registry``).
+
+    Raises:
+        SymtrainError: for test, validate or predict, when no run matches (fit starts anew,
+            with a ``note``), or when the path holds no checkpoint.
+    """
+    if ckpt_path is None and subcommand == "fit" and int(os.environ.get("SLURM_RESTART_COUNT", 0)):
+        ckpt_path = "last"
+    if ckpt_path is None or ckpt_path in ("hpc", "registry"):
+        return None
+    if ckpt_path in ("last", "best"):
+        run_dir = find_resumable_run(root, name, prefix)
+        if run_dir is None:
+            looked_for = f"'{name}'" if name else f"'{prefix}*' with a checkpoint"
+            if subcommand != "fit":
+                raise SymtrainError(f"no run {looked_for} under '{root}': pass --ckpt_path FILE")
+            return Resolved(
+                None, None, f"symtrain: no run {looked_for} under '{root}' to resume: starting a new run\n"
+            )
+        checkpoint = newest_checkpoint(run_dir) if ckpt_path == "last" else find_checkpoint(run_dir)
+        return Resolved(checkpoint, run_dir)
+    path = Path(ckpt_path)
+    checkpoint = find_checkpoint(path)
+    if path.is_dir() and subcommand == "fit":
+        checkpoint = newest_checkpoint(path) or checkpoint
+    return Resolved(checkpoint, run_of_checkpoint(checkpoint))
 
 
 def load_model(

@@ -363,10 +363,17 @@ def test_blur_model_has_lower_shift_error_than_max_model() -> None:
 def test_curves_and_an_unknown_measure() -> None:
     net = cnn(StandardCNN(1, width=8, depth=2))
     callback = EquivarianceMetrics([Rotation()], measures=["curve"], angle_step=90.0, max_shift=2)
-    measure(net, shapes_split(16), callback)
+    split = shapes_split(16)
+    measure(net, split, callback)
     assert callback.curves["test/rotation"]["angle"] == [0.0, 90.0, 180.0, 270.0]
     assert callback.curves["test/shift"]["pixels"] == [0.0, 1.0, 2.0]
-    assert all(0.0 <= acc <= 1.0 for acc in callback.curves["test/rotation"]["acc"])
+    # Each point is the accuracy on the views it names: at 0°, the identity's view on the disk.
+    images, family = split.images.float() / 255, Rotation()
+    for index, angle in ((0, 0.0), (1, 90.0)):
+        with torch.no_grad():
+            logits = net(family.measured(images, torch.full((len(images), 1), angle)))
+        expected = (logits.argmax(1) == split.labels).float().mean().item()
+        assert callback.curves["test/rotation"]["acc"][index] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(SymtrainError, match="unknown measure 'floor'.*invariance_error"):
         EquivarianceMetrics(measures=["floor"]).chosen("classification")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from symtrain import runs
-from symtrain.runs import wandb_mode
+from symtrain import tracking
+from symtrain.tracking import wandb_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, the shape of a wandb API key
@@ -187,7 +187,7 @@ def test_a_stalled_connection_or_name_lookup_is_cut_short(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(socket, "create_connection", stalled)
     start = time.monotonic()
-    assert runs._cannot_connect("api.wandb.ai", 443, timeout=0.2) == "timed out"
+    assert tracking._cannot_connect("api.wandb.ai", 443, timeout=0.2) == "timed out"
     assert time.monotonic() - start < 1
 
 
