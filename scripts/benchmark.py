@@ -15,16 +15,19 @@ median of the rounds, because a shared machine's absolute speed wanders):
 3. augmentation cost: each family's on-device kornia augmentation as a share of a training
    step (target <= 0.10 on GPU, <= 0.20 on CPU), and batched kornia against a per-sample
    torchvision v2 pipeline in DataLoader workers.
-4. equivariant layers: an escnn model's training step against a plain CNN with the same
+4. symmetry strategies that wrap the network: each one's training step and inference over the
+   plain quickstart network's (canonicalization: target <= 1.3x for training; group averaging
+   costs |G| passes of the network by design, reported as measured).
+5. equivariant layers: an escnn model's training step against a plain CNN with the same
    expanded convolution shapes (target <= 1.3x), and its eval-mode and exported inference
    (target <= 1.05x); for Fourier-field models (SO(2), O(2)) also against a plain CNN that
    has their nonlinearity, the work they do beyond the convolutions by design.
-5. start-up: ``python -m symtrain --help`` (target < 2 s; it imports neither torch nor
+6. start-up: ``python -m symtrain --help`` (target < 2 s; it imports neither torch nor
    Lightning), ``fit --help`` (LightningCLI's full parser) beside the bare ``import
    lightning.pytorch`` that it cannot avoid, and a one-step ``fit`` of the quickstart.
-6. scaling: training time per epoch against dataset size and image size (linear in images
+7. scaling: training time per epoch against dataset size and image size (linear in images
    and in pixels: the normalised ratios should be ~1), and peak memory.
-7. cost: a default ``fit`` on real digits (quickstart + ``configs/data/mnist5k.yaml``, wandb
+8. cost: a default ``fit`` on real digits (quickstart + ``configs/data/mnist5k.yaml``, wandb
    offline), process start to exit, split by the run's own ``summary.json`` (``seconds``):
    start-up, training, validation, equivariance measurements, test, and the rest (loggers,
    exit); target: training >= 80% of the wall time. And ``compare``'s start-up per cell,
@@ -63,7 +66,7 @@ from symtrain.cli import SymtrainCLI  # noqa: E402
 from symtrain.metrics import EquivarianceMetrics, measures_for  # noqa: E402
 from symtrain.metrics.base import registry  # noqa: E402
 from symtrain.module import ClassificationHead  # noqa: E402
-from symtrain.symmetry import Augmentation  # noqa: E402
+from symtrain.symmetry import Augmentation, Canonicalization, GroupAveraging  # noqa: E402
 from symtrain.transforms import Affine, Diffeo, Elastic, Flip, Rot90, Rotation, Shift  # noqa: E402
 
 AUGMENTATION_FAMILIES = {
@@ -340,6 +343,70 @@ def augmentation(root: Path, device: torch.device, sizes: Sizes, batch_size: int
     }
 
 
+# --- 4: symmetry strategies that wrap the network ---
+
+
+def strategy_nets() -> dict[str, Any]:
+    """The wrapping strategies, as shipped in configs/symmetry/ (averaging costs |G| passes of
+    the network by design: 4 for C4, 8 for D4 and for 8 sampled rotations)."""
+    return {
+        "average_c4": GroupAveraging([Rot90()]),
+        "average_d4": GroupAveraging([Rot90(), Flip()]),
+        "average_test_c4": GroupAveraging([Rot90()], mode="test"),
+        "average_rotation (8 samples)": GroupAveraging([Rotation()], samples=8),
+        "canonicalize_c4": Canonicalization(),
+        "canonicalize_d4": Canonicalization("D"),
+    }
+
+
+def wrapped_train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(net(x), y)
+    penalty = net.penalty() if hasattr(net, "penalty") else None
+    (loss if penalty is None else loss + penalty).backward()
+    optimizer.step()
+
+
+def strategies(root: Path, device: torch.device, sizes: Sizes, batch_size: int = 128) -> dict[str, Any]:
+    """Training step and inference of each wrapping strategy over the plain quickstart network,
+    interleaved in rounds, at the quickstart's batch and image size."""
+    torch.manual_seed(0)
+    plain = quickstart_net(root, device)
+    nets = {
+        "plain": plain,
+        **{name: s.wrap(copy.deepcopy(plain)).to(device) for name, s in strategy_nets().items()},
+    }
+    optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-3) for name, net in nets.items()}
+    batch = torch.rand(batch_size, 1, 32, 32, device=device)
+    labels = torch.randint(0, 8, (batch_size,), device=device)
+    train_s: dict[str, list[float]] = {name: [] for name in nets}
+    infer_s: dict[str, list[float]] = {name: [] for name in nets}
+
+    def infer(net: nn.Module) -> None:
+        with torch.no_grad():
+            net(batch)
+
+    for _ in range(sizes.rounds + 1):  # the first round warms up
+        for name, net in nets.items():
+            net.train()
+            step = lambda n=net, o=optimizers[name]: wrapped_train_step(n, o, batch, labels)  # noqa: E731
+            train_s[name].append(repeat(step, sizes.steps, device))
+            net.eval()
+            infer_s[name].append(repeat(lambda n=net: infer(n), sizes.steps, device))
+    train = {name: median(times[1:]) for name, times in train_s.items()}
+    inference = {name: median(times[1:]) for name, times in infer_s.items()}
+    return {
+        "strategy_cost": {
+            name: {
+                "train_ratio": train[name] / train["plain"],
+                "infer_ratio": inference[name] / inference["plain"],
+            }
+            for name in nets
+            if name != "plain"
+        }
+    }
+
+
 class _PerSampleRotation(torch.utils.data.Dataset):
     def __init__(self, images: Tensor, length: int) -> None:
         from torchvision.transforms import v2
@@ -613,6 +680,12 @@ def report(results: dict[str, Any]) -> str:
             results["kornia_over_torchvision"],
             "{:.2f}",
         )
+    for name, values in results.get("strategy_cost", {}).items():
+        if name.startswith("canonicalize"):
+            row(f"{name}: train step / plain network", values["train_ratio"], 1.3, False)
+        else:  # |G| (or `samples`) passes of the network per averaged pass, by design
+            info(f"{name}: train step / plain network", values["train_ratio"], "{:.2f}")
+        info(f"{name}: inference / plain network", values["infer_ratio"], "{:.2f}")
     for config, values in results.get("escnn", {}).items():
         row(f"{config}: train step / plain CNN with the same convs", values["train_ratio"], 1.3, False)
         row(f"{config}: eval-mode inference / plain CNN", values["eval_infer_ratio"], 1.05, False)
@@ -670,7 +743,7 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "augmentation", "escnn", "startup", "scaling", "cost")
+SECTIONS = ("overhead", "augmentation", "strategies", "escnn", "startup", "scaling", "cost")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -710,6 +783,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.update(overhead_and_metrics(root, accelerator, device, sizes, *args.fit_args.split()))
         if "augmentation" in args.sections:
             results.update(augmentation(root, device, sizes))
+        if "strategies" in args.sections:
+            results.update(strategies(root, device, sizes))
         if "escnn" in args.sections:
             results.update(escnn_layers(device, sizes))
         if "startup" in args.sections:

@@ -1,8 +1,9 @@
-"""Deferred imports of heavy optional dependencies."""
+"""Deferred imports of heavy optional dependencies, and the plugin packages' own imports."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 from typing import Any
 
@@ -26,3 +27,12 @@ def lazy_module(name: str) -> ModuleType:
         '[1]'
     """
     return _LazyModule(name)
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package`` (a plugin package: backbones, strategies, data), so a
+    plugin written in a new file there is usable by its short class name in configs without
+    an import line of its own."""
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")

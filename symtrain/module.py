@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -23,6 +24,7 @@ from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.errors import SymtrainError
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
+from symtrain.symmetry.base import StrategyNet, StrategyStatistics
 from symtrain.tasks import TASKS, Segmentation
 
 Task = Literal["classification", "segmentation"]
@@ -182,9 +184,12 @@ class SymmetryModule(pl.LightningModule):
         # The task builds the network around the backbone and says what it is scored on.
         self.task = TASKS[task](label_smoothing, dice_weight)
         self.num_outputs = self.task.outputs(num_classes)
-        self.net = self.task.network(Normalize(mean, std), backbone(in_channels), self.num_outputs)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
-        self.symmetry.check(self.net.backbone)
+        plain = self.task.network(Normalize(mean, std), backbone(in_channels), self.num_outputs)
+        self.symmetry.check(plain.backbone)
+        # The network the strategy makes of it (itself, or a wrapper that averages or
+        # canonicalises): what every step, measurement, prediction and reload runs.
+        self.net = self.symmetry.wrap(plain)
         # Loss and scores accumulate on the device at every step and are logged once per epoch:
         # a self.log call per step costs more than a small model's step on a GPU. (ModuleDict
         # keys may not shadow nn.Module attributes such as ``train``.)
@@ -203,6 +208,13 @@ class SymmetryModule(pl.LightningModule):
                 )
                 for stage in stages
             }
+        )
+        # What a wrapper chooses per input (a canonical pose) and its penalty, per stage.
+        labels = self.net.element_labels if isinstance(self.net, StrategyNet) else ()
+        self.strategy_stats = nn.ModuleDict(
+            {f"{stage}_strategy": StrategyStatistics(labels) for stage in stages}
+            if isinstance(self.net, StrategyNet)
+            else {}
         )
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -283,6 +295,11 @@ class SymmetryModule(pl.LightningModule):
         targets = self.task.targets(labels, masks)  # (B,) or (B, H, W)
         logits = (self.net if self._compiled is None else self._compiled)(images)
         loss = self.task.loss(logits, targets)
+        if self.strategy_stats:
+            self.strategy_stats[f"{stage}_strategy"].update(self.net)
+            penalty = self.net.penalty()
+            if penalty is not None and stage == "train":
+                loss = loss + penalty
         self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
         self.scores[f"{stage}_scores"].update(logits, targets)
         return loss
@@ -296,6 +313,25 @@ class SymmetryModule(pl.LightningModule):
             self.log(name, value, prog_bar=True)
         loss.reset()
         scores.reset()
+        if self.strategy_stats:
+            self._log_strategy(stage)
+
+    def _log_strategy(self, stage: str) -> None:
+        """The wrapper's choices over the epoch: shares per element (and their wandb histogram)
+        and its penalty."""
+        statistics = self.strategy_stats[f"{stage}_strategy"]
+        for name, value in statistics.compute().items():
+            self.log(f"{stage}/{name}", value)
+        if statistics.labels and self.trainer.is_global_zero:
+            counts = statistics.counts.detach().cpu()
+            for logger in self.loggers:
+                if isinstance(logger, WandbLogger):
+                    import wandb
+
+                    edges = torch.arange(len(counts) + 1.0).numpy()
+                    histogram = wandb.Histogram(np_histogram=(counts.numpy(), edges))
+                    logger.experiment.log({f"{stage}/canonical/elements": histogram})
+        statistics.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

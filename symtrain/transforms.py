@@ -125,6 +125,17 @@ class TransformFamily:
         """The inverse elements (N, P), or None where the family cannot say."""
         return None
 
+    def orbit(self, height: int, width: int) -> Tensor | None:
+        """Every element of the family, when it is a finite group acting on images of this size
+        (the identity first), shape (|G|, P); None when it is not (continuous or interpolated
+        families): what averaging over the group sums over exactly."""
+        return None
+
+    def why_no_group(self, height: int, width: int) -> str | None:
+        """Why the family's elements are no finite group on images of this size (so averaging
+        over its orbit is not exact for them), or None when they are one."""
+        return None if self.orbit(height, width) is not None else "it has no finite orbit"
+
     def canvas(self, images: Tensor) -> Tensor:
         """The images on this family's measurement frame, before any element acts: as they are,
         or zero-padded for families whose action moves content out of the frame."""
@@ -261,6 +272,13 @@ class Rot90(TransformFamily):
     def inverse(self, elements: Tensor) -> Tensor:
         return (-elements) % 4
 
+    def orbit(self, height: int, width: int) -> Tensor | None:
+        """The four quarter turns; a quarter turn maps only a square grid onto itself."""
+        return torch.arange(4.0)[:, None] if height == width else None
+
+    def why_no_group(self, height: int, width: int) -> str | None:
+        return None if height == width else "quarter turns map only a square grid onto itself"
+
     def layer_elements(self, stride: int) -> Tensor | None:
         return torch.tensor([[1.0]])
 
@@ -302,6 +320,9 @@ class Flip(TransformFamily):
 
     def inverse(self, elements: Tensor) -> Tensor:
         return elements
+
+    def orbit(self, height: int, width: int) -> Tensor | None:
+        return torch.tensor([[0.0], [1.0]])
 
     def layer_elements(self, stride: int) -> Tensor | None:
         return torch.tensor([[1.0]])
@@ -345,24 +366,52 @@ class CircularShift(TransformFamily):
     that a shift-equivariant, alias-free layer commutes with; layers are measured under the
     sub-cell shifts (t, t), t in {1, s/2, s-1}.
 
+    With ``stride`` s > 1 the family holds the shifts by multiples of s only (random and test
+    elements are s times those of ``max_pixels // s``): the shifts that a network with total
+    stride s can be exactly invariant to, and the orbit that averaging over it sums over.
+
     Args:
         max_pixels: largest absolute shift along each axis.
+        stride: every shift is a multiple of it.
     """
 
     name = "circular_shift"
     exact = True
+    examples = ({}, {"max_pixels": 8, "stride": 4})
 
-    def __init__(self, max_pixels: int = 8) -> None:
+    def __init__(self, max_pixels: int = 8, stride: int = 1) -> None:
+        if stride < 1 or max_pixels < stride:
+            raise SymtrainError(
+                f"CircularShift(max_pixels={max_pixels}, stride={stride}): the stride must be at least 1 "
+                "and at most max_pixels"
+            )
         self.max_pixels = max_pixels
+        self.stride = stride
 
     def sample(self, n: int, generator: torch.Generator | None = None, device: Device = None) -> Tensor:
-        return _integer_shifts(n, self.max_pixels, generator, device)
+        return _integer_shifts(n, self.max_pixels // self.stride, generator, device) * self.stride
 
     def test_elements(self) -> Tensor:
-        return _spread_shifts(self.max_pixels)
+        return _spread_shifts(self.max_pixels // self.stride) * self.stride
 
     def inverse(self, elements: Tensor) -> Tensor:
         return -elements
+
+    def orbit(self, height: int, width: int) -> Tensor | None:
+        """Every distinct wrap-around shift that multiples of the stride reach on an H x W image:
+        H W / s^2 of them when s divides both sides; otherwise the multiples wrap around to those
+        of gcd(s, H) down and gcd(s, W) across, a larger group."""
+        rows = torch.arange(0, height, math.gcd(self.stride, height), dtype=torch.float32)
+        cols = torch.arange(0, width, math.gcd(self.stride, width), dtype=torch.float32)
+        return torch.cartesian_prod(rows, cols)
+
+    def why_no_group(self, height: int, width: int) -> str | None:
+        if height % self.stride or width % self.stride:
+            return (
+                f"shifts by multiples of {self.stride} wrap around to others on a side that is not a "
+                f"multiple of {self.stride}"
+            )
+        return None
 
     def apply(self, images: Tensor, elements: Tensor, mode: str = "bilinear") -> Tensor:
         # torch.roll takes one shift per call; group the batch by distinct shifts.

@@ -10,6 +10,7 @@ import copy
 import importlib
 import inspect
 import pkgutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,42 @@ def test_strategy_accepts_or_refuses_a_backbone_in_one_line(
         assert len(str(error).splitlines()) == 1 and "invariance" in str(error) or "multiple" in str(error)
 
 
+@pytest.mark.parametrize("cls,kwargs", STRATEGIES)
+@pytest.mark.parametrize("dense", [False, True], ids=["classification", "segmentation"])
+def test_strategy_network_is_what_it_guarantees(cls: type, kwargs: dict[str, Any], dense: bool) -> None:
+    """The network a strategy wraps around a plain CNN: the same output shape, and every
+    ``exact`` guarantee measured in eval mode (invariant logits, equivariant per-pixel logits)
+    below 1e-5 under each of the family's test elements, at an even and an odd size where the
+    family is a group on it."""
+    from symtrain.backbones import StandardCNN
+    from symtrain.module import SymmetryNet
+
+    strategy = cls(**copy.deepcopy(kwargs))
+    torch.manual_seed(0)
+    build = SegmentationNet if dense else SymmetryNet
+    plain = build(Normalize([0.5], [0.5]), StandardCNN(1, width=4, depth=2), 3)
+    net = strategy.wrap(plain).eval()
+    assert net.backbone is plain.backbone
+    for size in (32, 29):
+        images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(size))
+        try:
+            strategy.check(plain.backbone, image_size=size)
+        except SymtrainError as error:  # a backbone it refuses, a stride that does not divide the size
+            assert len(str(error).splitlines()) == 1
+            continue
+        with torch.no_grad():
+            reference = net(images)
+            assert reference.shape == plain(images).shape
+            for family, exactness in strategy.guarantees().items():
+                if exactness != "exact":
+                    continue
+                for element in family.test_elements():
+                    elements = element.view(1, -1).expand(len(images), -1)
+                    moved = net(family.apply(images, elements))
+                    expected = family.apply(reference, elements) if dense else reference
+                    assert relative_change(expected, moved) < 1e-5, (family, element, size)
+
+
 @pytest.mark.parametrize("cls,kwargs", examples(ImageDataModule))
 def test_data_module_builds_its_splits_or_says_where_the_files_go(
     cls: type, kwargs: dict[str, Any], tmp_path: Path
@@ -240,3 +277,32 @@ def test_data_module_builds_its_splits_or_says_where_the_files_go(
         assert split.images.shape[1:] == (data.in_channels, data.image_size, data.image_size)
         assert int(split.labels.max()) < data.num_classes
     assert len(data.mean) == len(data.std) == data.in_channels
+
+
+def test_a_strategy_in_a_new_module_is_usable_by_its_short_name_without_an_import_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One file is the whole plugin: the package imports its new module itself, and the CLI
+    then resolves the class by its short name."""
+    import symtrain.symmetry
+    from symtrain._lazy import import_submodules
+    from symtrain.cli import main
+
+    (tmp_path / "halfway.py").write_text(
+        "from symtrain.symmetry.base import SymmetryStrategy\n\n\n"
+        "class HalfwayStrategy(SymmetryStrategy):\n"
+        '    """A strategy that does nothing, in a module of its own."""\n'
+    )
+    monkeypatch.setattr(symtrain.symmetry, "__path__", [*symtrain.symmetry.__path__, str(tmp_path)])
+    try:
+        import_submodules("symtrain.symmetry")
+        quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+        with pytest.raises(SystemExit) as exit_:
+            main(
+                ["fit", "--config", str(quickstart), "--model.symmetry", "HalfwayStrategy", "--print_config"]
+            )
+        assert exit_.value.code in (0, None)
+        assert "symtrain.symmetry.halfway.HalfwayStrategy" in capsys.readouterr().out
+    finally:  # the module was only ever in this test's package path
+        sys.modules.pop("symtrain.symmetry.halfway", None)
+        vars(symtrain.symmetry).pop("halfway", None)

@@ -22,8 +22,11 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_two_process_metrics_equal_one_process_metrics(tmp_path: Path) -> None:
-    main(["fit", *TINY, f"--trainer.default_root_dir={tmp_path}", "--run.name=trained"])
+@pytest.mark.parametrize("strategy", ["none", "canonicalize_c4"])
+def test_two_process_metrics_equal_one_process_metrics(strategy: str, tmp_path: Path) -> None:
+    """Also for a wrapped network: the canonical poses chosen are counted over both processes."""
+    symmetry = ["--config", str(ROOT / "configs" / "symmetry" / f"{strategy}.yaml")]
+    main(["fit", *TINY, *symmetry, f"--trainer.default_root_dir={tmp_path}", "--run.name=trained"])
     config = tmp_path / "trained" / "config.yaml"
     checkpoint = tmp_path / "trained" / "checkpoints" / "best.ckpt"
     test = ["test", "--config", str(config), f"--ckpt_path={checkpoint}", "--trainer.accelerator=cpu"]
@@ -36,6 +39,7 @@ def test_two_process_metrics_equal_one_process_metrics(tmp_path: Path) -> None:
     one = json.loads((tmp_path / "one" / "summary.json").read_text())["metrics"]
     two = json.loads((tmp_path / "two" / "summary.json").read_text())["metrics"]
     assert set(one) == set(two) and any("/equiv/" in key for key in one)
+    assert ("test/canonical/identity_share" in one) == (strategy == "canonicalize_c4")
     for key, value in one.items():
         if key.endswith(("/acc", "/consistency")):
             assert two[key] == value, key  # counts: exactly equal

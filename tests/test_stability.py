@@ -88,6 +88,32 @@ def test_lie_derivative_is_the_derivative_of_the_softmax_along_the_flow(generato
     assert torch.allclose(derivative, difference, rtol=1e-3, atol=1e-6), (derivative - difference).abs().max()
 
 
+def test_without_forward_mode_the_lie_derivative_is_taken_by_central_differences(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A network with an operation torch cannot differentiate in forward mode (grid_sample in
+    the sampled rotation average) gets the same derivative by float64 central differences."""
+    from symtrain.symmetry import GroupAveraging
+    from symtrain.transforms import Rotation
+
+    net, images = small_net().float(), smooth_images().float()
+    with torch.no_grad():
+        exact = {generator: lie_derivative(net, images, generator) for generator in GENERATORS}
+
+    def no_forward_mode(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("Trying to use forward AD with grid_sampler_2d")
+
+    monkeypatch.setattr(torch.func, "jvp", no_forward_mode)
+    with torch.no_grad():
+        for generator, derivative in exact.items():
+            estimate = lie_derivative(net, images, generator)
+            assert (estimate - derivative).norm() < 1e-4 * derivative.norm(), generator
+    monkeypatch.undo()
+    averaged = GroupAveraging([Rotation()], samples=2).wrap(net).eval()
+    with torch.no_grad():  # through grid_sample, which has no forward-mode derivative
+        assert lie_derivative(averaged, images, "rotation").isfinite().all()
+
+
 def test_lie_derivative_units_and_known_answers() -> None:
     images = smooth_images()
     # translation by t pixels: the tangent of a horizontal ramp is minus its slope per pixel

@@ -4,6 +4,7 @@ usable in configs (``--data SyntheticShapes``).
 torchvision is imported eagerly: Lightning already imports it, so deferring it saves nothing.
 """
 
+from symtrain._lazy import import_submodules
 from symtrain.data.base import ImageDataModule, Split
 from symtrain.data.digits import MNIST5k
 from symtrain.data.folder import ImageFolder
@@ -22,3 +23,6 @@ __all__ = [
     "Split",
     "SyntheticShapes",
 ]
+
+# A plugin in a new module of this package needs no import line here to be found by its name.
+import_submodules(__name__)

@@ -81,6 +81,16 @@ class Batch:
         self.positions, self.subset_size, self.seed = positions, subset_size, seed
         self._cache: dict[Any, Any] = {}
 
+    @property
+    def layered(self) -> nn.Module | None:
+        """The backbone whose stages the layer-wise measures read, when the network is the plain
+        composition (normalise, backbone, head or decoder) they take apart; None for a
+        strategy's wrapper (group averaging, canonicalization), whose output is not one pass
+        of the network inside it."""
+        if hasattr(self.net, "normalize") and hasattr(self.net, "backbone"):
+            return self.net.backbone
+        return None
+
     def sample(self, family: TransformFamily, draw: int) -> Tensor:
         """Random elements of ``family`` for this batch's images, (B, P) on their device: draw
         number ``draw`` of a seeded sequence over the whole subset, so an image gets the same

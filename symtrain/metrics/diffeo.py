@@ -70,7 +70,7 @@ class RelativeStability(Measure):
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
         deform = Diffeo(self.settings.diffeo_delta, self.settings.diffeo_cut)
         net, images = batch.net, batch.images
-        backbone = getattr(net, "backbone", None)
+        backbone = batch.layered
         reference = batch.reference(deform)
         d_f = record.metric(f"{prefix}/diffeo/D_f", lambda: SpreadRelativeError(centre=False))
         g_f = record.metric(f"{prefix}/diffeo/G_f", lambda: SpreadRelativeError(centre=False))

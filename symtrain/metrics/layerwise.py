@@ -28,7 +28,9 @@ class LayerwiseError(Measure):
         return family.exact
 
     def update(self, batch: Batch, family: TransformFamily, record: Record, prefix: str) -> None:
-        net, backbone = batch.net, batch.net.backbone
+        net, backbone = batch.net, batch.layered
+        if backbone is None:
+            return
         strides = backbone.layer_strides()
         per_layer: dict[str, list[Tensor]] = {}
         for name, stride in strides.items():

@@ -4,6 +4,7 @@ per stage."""
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -56,6 +57,12 @@ def tangent(features: Tensor, generator: str, stride: int = 1) -> Tensor:
     return -(vx * dx + vy * dy)
 
 
+# The step, in units of t (pixels, radians, log-scale), of the float64 central differences that
+# stand in for forward-mode derivatives where torch has none: too small to cross a ReLU's or a
+# max-pool's kink at almost every input, and far above float64 rounding (1e-16 / step).
+FINITE_STEP = 1e-6
+
+
 def _frame(images: Tensor, generator: str) -> Tensor:
     """The images as the generator is measured on: the rotation on the inscribed disk (as the
     rotation family's measurements), everything else on the grid."""
@@ -65,13 +72,26 @@ def _frame(images: Tensor, generator: str) -> Tensor:
 def lie_derivative(net: nn.Module, images: Tensor, generator: str, dense: bool = False) -> Tensor:
     """L_X f(x) = d/dt softmax f(g_t·x) at t = 0, (B, K) (or (B, K, H, W) for ``dense`` outputs,
     warped back: d/dt g_t⁻¹·softmax f(g_t·x)), by one forward-mode derivative (``torch.func.jvp``)
-    along :func:`tangent`."""
+    along :func:`tangent`. A network with an operation that torch cannot differentiate in forward
+    mode (``grid_sample``, in group averaging over sampled rotations) gets the same directional
+    derivative by central differences in float64, with a step of ``FINITE_STEP`` along the
+    tangent."""
     images = _frame(images, generator)
+    direction = tangent(images, generator)
 
     def probabilities(x: Tensor) -> Tensor:
         return net(x).softmax(dim=1)
 
-    output, derivative = torch.func.jvp(probabilities, (images,), (tangent(images, generator),))
+    try:
+        output, derivative = torch.func.jvp(probabilities, (images,), (direction,))
+    except NotImplementedError:  # "Trying to use forward AD with <op> that does not support it"
+        # In float64, on a copy: in float32 the rounding of the probabilities (1e-7 / step) and
+        # the kinks of ReLU and max-pooling (crossed by a larger step) leave errors of 10%.
+        twin = copy.deepcopy(net).double()
+        x, v = images.double(), direction.double()
+        forward, backward = (twin(x + sign * FINITE_STEP * v).softmax(dim=1) for sign in (1, -1))
+        derivative = ((forward - backward) / (2 * FINITE_STEP)).to(images.dtype)
+        output = probabilities(images)
     return derivative - tangent(output, generator) if dense else derivative
 
 
@@ -128,7 +148,7 @@ class LieLayerShares(Measure):
     default = False  # 1 + (stages) derivatives per generator: opt in with metrics.measures
 
     def update(self, batch: Batch, family: TransformFamily | None, record: Record, prefix: str) -> None:
-        if not batch.net.backbone.layer_strides():
+        if batch.layered is None or not batch.layered.layer_strides():
             return
         for generator in GENERATORS:
             total = end_to_end(batch, generator)  # shared with ``lie`` when both run
