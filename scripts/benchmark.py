@@ -784,7 +784,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "augmentation" in args.sections:
             results.update(augmentation(root, device, sizes))
         if "strategies" in args.sections:
-            results.update(strategies(root, device, sizes))
+            results.update(strategies(root, device, sizes, batch_size=16 if args.tiny else 128))
         if "escnn" in args.sections:
             results.update(escnn_layers(device, sizes))
         if "startup" in args.sections:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from backbone_configs import backbone_configs, tiny_args, without_backbone_flags
 
 from symtrain import load_model
 from symtrain.__main__ import main
@@ -229,15 +230,16 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     assert accuracy == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
 
 
-@pytest.mark.parametrize("backbone", sorted((CONFIGS / "backbone").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("backbone", backbone_configs(), ids=lambda p: p.stem)
 def test_every_backbone_config_trains_and_reloads(
     backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """fit -> load_model reproduces the logged test accuracy; exported models agree."""
     from symtrain.data import SyntheticShapes
 
-    args = ["fit", "--config", QUICKSTART, "--config", str(backbone), "--config", DEBUG, *TINY]
-    args += ["--model.backbone.depth=2", f"--trainer.default_root_dir={tmp_path}"]
+    args = ["fit", "--config", QUICKSTART, "--config", str(backbone), "--config", DEBUG]
+    args += [*without_backbone_flags(TINY), *tiny_args(backbone), f"--trainer.default_root_dir={tmp_path}"]
+    args += ["--metrics.num_samples=32", "--metrics.test_num_samples=32"]  # every measure, on fewer images
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     run = only_run_dir(tmp_path)

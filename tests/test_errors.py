@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_contracts import shipped
 
+from symtrain.backbones import Backbone
 from symtrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +28,14 @@ TINY = [
     "--run.quiet=true",
 ]
 
+# Every backbone that ships (discovered as the contract tests discover plugins, not listed).
+BACKBONE_CHOICES = ", ".join(cls.__name__ for cls in shipped(Backbone))
+
 # (extra arguments, text the single line of error must contain)
 MISTAKES = [
     (
         ["--model.backbone", "Resnet"],
-        "model.backbone: unknown class 'Resnet' (valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN)",
+        f"model.backbone: unknown class 'Resnet' (valid choices: {BACKBONE_CHOICES})",
     ),
     (["--model.symmetry", "Augmentatoin"], "unknown class 'Augmentatoin' (valid choices: Architectural"),
     (["--data", "Imagenet"], "data: unknown class 'Imagenet' (valid choices: CIFAR10, ImageFolder"),
@@ -120,6 +125,6 @@ def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "symtrain: error: model.backbone: unknown class 'Resnet' "
-        "(valid choices: AntialiasedCNN, EquivariantCNN, StandardCNN) (see --help)"
+        f"(valid choices: {BACKBONE_CHOICES}) (see --help)"
     ]
     assert done.stdout == "" and not (tmp_path / "runs").exists()

@@ -453,3 +453,6 @@ def test_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     assert 0 < figures["escnn"]["escnn_so2"]["fourier_export_infer_ratio"] < 100  # the Fourier twin
     assert len(figures["scaling"]) == 3 and all(row["epoch_s"] > 0 for row in figures["scaling"])
     assert "| framework overhead" in done.stdout and "| train images |" in done.stdout
+    strategies = figures["strategy_cost"]  # every wrapping strategy shipped in configs/symmetry
+    assert {"average_c4", "average_test_c4", "canonicalize_c4", "canonicalize_d4"} <= set(strategies)
+    assert all(0 < row["train_ratio"] < 100 and 0 < row["infer_ratio"] < 100 for row in strategies.values())

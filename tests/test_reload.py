@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from backbone_configs import backbone_configs, tiny_args
 from jsonargparse import ArgumentParser
 
 import symtrain
@@ -29,11 +30,10 @@ from symtrain.symmetry import SymmetryStrategy
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 STRATEGIES = sorted((CONFIGS / "symmetry").glob("*.yaml"))
-BACKBONES = sorted((CONFIGS / "backbone").glob("*.yaml"))
+BACKBONES = backbone_configs()
 SIZES = [28, 32, 33]
 TINY = [
     "--data.batch_size=16",
-    "--model.backbone.width=4",
     "--metrics.num_samples=8",
     "--metrics.test_num_samples=8",
     "--metrics.angle_step=90",
@@ -114,7 +114,7 @@ CELLS = [
 def test_every_backbone_and_strategy_reloads_at_every_image_size(
     data: list[str], backbone: Path, strategy: Path, size: int, tmp_path: Path
 ) -> None:
-    configs = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(backbone)]
+    configs = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(backbone), *tiny_args(backbone)]
     configs += ["--config", str(strategy), *data, *TINY, f"--data.image_size={size}"]
     configs += [f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=2"]
     main(["fit", *configs, INTERRUPTED])
@@ -148,6 +148,7 @@ def test_checkpoints_holding_augmentation_pipelines_still_load_test_and_resume(t
     that changes the one-cycle schedule is refused."""
     strategy = CONFIGS / "symmetry" / "augment_rotation.yaml"
     configs = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(strategy), *SHAPES, *TINY]
+    configs += ["--model.backbone.width=4"]
     configs += ["--data.image_size=28", f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=2"]
     main(["fit", *configs, INTERRUPTED])
     (run_dir,) = runs_under(tmp_path)

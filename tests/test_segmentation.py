@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from backbone_configs import backbone_configs, build_tiny, tiny_args, without_backbone_flags
 from PIL import Image
 from test_cli import CONFIGS, only_run_dir, run_cli
 from test_metrics import measure
@@ -123,18 +123,9 @@ def test_max_and_blur_segmentation_only_approximately_follow_shifts(downsample: 
     assert min(shift_errors(net, [(1, 0), (3, 5)])) > 1e-3
 
 
-def backbone_configs() -> list[Path]:
-    return sorted((CONFIGS / "backbone").glob("*.yaml"))
-
-
 @pytest.mark.parametrize("config", backbone_configs(), ids=lambda p: p.stem)
 def test_every_backbone_config_has_a_dense_form(config: Path) -> None:
-    backbone = yaml.safe_load(config.read_text())["model"]["backbone"]
-    cls = {"StandardCNN": StandardCNN, "AntialiasedCNN": AntialiasedCNN, "EquivariantCNN": EquivariantCNN}
-    init = {**backbone["init_args"], "width": 4, "depth": 2}
-    net = SegmentationNet(
-        Normalize([0.5], [0.25]), cls[backbone["class_path"]](1, **init), num_classes=5
-    ).eval()
+    net = SegmentationNet(Normalize([0.5], [0.25]), build_tiny(config), num_classes=5).eval()
     with torch.no_grad():
         assert net(torch.rand(2, 1, 24, 24)).shape == (2, 5, 24, 24)
     assert sum(p.numel() for p in net.decoder.parameters()) > 0
@@ -344,7 +335,8 @@ def test_segmentation_trains_on_an_image_folder_with_masks(tmp_path: Path, capsy
 @pytest.mark.parametrize("config", backbone_configs(), ids=lambda p: p.stem)
 def test_every_dense_backbone_trains_from_the_cli(config: Path, tmp_path: Path, capsys) -> None:
     root = tmp_path / "runs"
-    args = ["fit", "--config", SEGMENTATION, "--config", str(config), *TINY, "--model.backbone.depth=2"]
+    args = ["fit", "--config", SEGMENTATION, "--config", str(config), *without_backbone_flags(TINY)]
+    args += tiny_args(config)
     code, _, err = run_cli([*args, f"--trainer.default_root_dir={root}"], capsys)
     assert code == 0, err
     run = only_run_dir(root)

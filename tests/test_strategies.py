@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import run_cli
 
 import symtrain
 from symtrain.backbones import AntialiasedCNN, StandardCNN
-from symtrain.cli import main
 from symtrain.data import SyntheticShapes
 from symtrain.errors import SymtrainError
 from symtrain.module import Normalize, SegmentationNet, SymmetryNet
@@ -266,12 +266,8 @@ TINY = [
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 @pytest.mark.slow

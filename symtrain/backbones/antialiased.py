@@ -222,6 +222,7 @@ class AntialiasedCNN(_StagedCNN):
     """
 
     examples = tuple({"width": 4, "depth": 2, "downsample": d} for d in ("max", "blur", "aps"))
+    tiny = {"width": 4, "depth": 2}
 
     def __init__(
         self,

@@ -25,16 +25,19 @@ class Pyramid(NamedTuple):
     """What a U-Net decoder needs from its encoder.
 
     Attributes:
-        skips: each stage's features just before its downsampling, finest first; stage ``i``
-            has stride ``2**i``.
-        bottom: the last stage's downsampled features, stride ``2**depth``.
+        skips: the finer feature maps, finest first (for the stride-2 CNNs each stage's
+            features just before its downsampling: stage ``i`` has stride ``2**i``; for a timm
+            model its stages but the last, at the strides its ``feature_info`` declares).
+        bottom: the coarsest feature map.
         phases: per downsampling, the (B,) index of the polyphase component it kept
             (``2 * row + col`` offset), or None where it always keeps the same one.
+        size: the input's (H, W), for decoders whose finest skip is coarser than the input.
     """
 
     skips: list[Tensor]
     bottom: Tensor
     phases: list[Tensor | None]
+    size: tuple[int, int] | None = None
 
 
 class Backbone(nn.Module):
@@ -48,10 +51,15 @@ class Backbone(nn.Module):
         out_channels: channels of the feature map returned by :meth:`forward`.
         examples: settings of tiny instances (besides ``in_channels``), one per form worth
             testing: the contract tests build each (as timm tests every registered model).
+        tiny: settings that shrink a shipped config of this backbone without changing what it
+            is, for the suite's runs of every config.
     """
 
     out_channels: int
     examples: ClassVar[tuple[dict[str, Any], ...]] = ({},)
+    # Settings that shrink any configuration of the backbone without changing what it is (its
+    # group, its downsampling, its timm model): what the suite adds to the shipped configs.
+    tiny: ClassVar[dict[str, Any]] = {}
 
     def forward(self, images: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, out_channels, h, w)
         raise NotImplementedError

@@ -198,6 +198,7 @@ class StandardCNN(_StagedCNN):
     """
 
     examples = ({"width": 4, "depth": 2},)
+    tiny = {"width": 4, "depth": 2}
 
     def __init__(
         self,

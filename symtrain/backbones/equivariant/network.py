@@ -82,6 +82,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         {"group": "O2", "width": 4, "depth": 2},
         {"group": "D", "order": 4, "width": 4, "depth": 2, "restrict_from_stage": 1},
     )
+    tiny = {"width": 4, "depth": 2}
 
     def __init__(
         self,
