@@ -153,8 +153,8 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "symtrain", "fit", "--config", QUICKSTART,
         "--trainer.max_epochs=2", f"--trainer.default_root_dir={root}",
-        "--data.num_train=1024", "--data.num_val=256", "--data.num_test=256",
-        "--run.quiet=true",
+        "--data.num_train=512", "--data.num_val=128", "--data.num_test=128",
+        "--metrics.test_num_samples=64", "--run.quiet=true",
     ]  # fmt: skip
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     for _ in range(2):  # a second identical run must not clobber the first
@@ -221,7 +221,7 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
 
     net = load_model(run)
     assert not net.training and not isinstance(net, __import__("lightning").LightningModule)
-    data = SyntheticShapes(num_train=1024, num_val=256, num_test=256)
+    data = SyntheticShapes(num_train=512, num_val=128, num_test=128)
     data.setup("test")
     test = data.splits["test"]
     with torch.no_grad():
