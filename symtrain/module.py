@@ -296,8 +296,8 @@ class SymmetryModule(pl.LightningModule):
         logits = (self.net if self._compiled is None else self._compiled)(images)
         loss = self.task.loss(logits, targets)
         if self.strategy_stats:
-            self.strategy_stats[f"{stage}_strategy"].update(self.net)
-            penalty = self.net.penalty()
+            penalty = self.net.penalty()  # computed once: logged, and in training also minimised
+            self.strategy_stats[f"{stage}_strategy"].update(self.net.choices(), penalty)
             if penalty is not None and stage == "train":
                 loss = loss + penalty
         self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))

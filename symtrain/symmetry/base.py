@@ -123,11 +123,10 @@ class StrategyStatistics(Metric):
         self.add_state("penalty_sum", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("penalty_count", torch.zeros(()), dist_reduce_fx="sum")
 
-    def update(self, net: StrategyNet) -> None:  # type: ignore[override]
-        chosen = net.choices()
+    def update(self, chosen: Tensor | None, penalty: Tensor | None) -> None:  # type: ignore[override]
+        """One forward pass's :meth:`StrategyNet.choices` and :meth:`StrategyNet.penalty`."""
         if chosen is not None and self.labels:
             self.counts += torch.bincount(chosen.detach(), minlength=len(self.labels)).to(self.counts)
-        penalty = net.penalty()
         if penalty is not None:
             self.penalty_sum += penalty.detach()
             self.penalty_count += 1
