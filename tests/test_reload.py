@@ -103,6 +103,7 @@ CELLS = [
             NONE,
             CONFIGS / "symmetry" / "augment_rotation.yaml",
             CONFIGS / "symmetry" / "architectural.yaml",
+            CONFIGS / "symmetry" / "canonicalize_c4.yaml",  # a learned escnn canonicalizer
         )
         for size in (28, 33)
     ),
