@@ -32,6 +32,11 @@ median of the rounds, because a shared machine's absolute speed wanders):
    start-up, training, validation, equivariance measurements, test, and the rest (loggers,
    exit); target: training >= 80% of the wall time. And ``compare``'s start-up per cell,
    forked from the import server against a new interpreter per cell.
+9. the literature's backbones: symtrain's fit of ResNet-18 (``configs/backbone/resnet18.yaml``,
+   timm's blocks, and ``timm_resnet18.yaml``, timm's model) against the hand-written loop over
+   the same network, data and optimiser (target >= 0.95); the escnn Wide ResNet D8D4D1's
+   training step against the plain WRN with the same expanded convolutions (its own export,
+   trained as plain torch; target <= 1.3x), and its eval-mode and exported inference (<= 1.05x).
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ class Sizes:
     startup_rounds: int
     metrics_samples: int | None  # the metrics' num_samples (None: the default)
     cost_flags: tuple[str, ...]  # the real-digit fit of the cost section, on top of the defaults
+    resnet_train: int  # training images of the ResNet-18 fits (a CPU trains about 30 img/s)
+    resnet_batch: int  # their batch size (the quickstart's 128 at full size)
+    wrn: tuple[int, int, int]  # depth, widen factor and batch size of the WRN rows
 
 
 _DIGITS_FIT = ("--trainer.max_epochs", "8")  # the real-digit study's schedule
@@ -102,9 +110,16 @@ _TINY_FIT = (
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
     "--trainer.limit_test_batches", "1", "--metrics.test_num_samples", "16",
 )  # fmt: skip
-FULL = Sizes(6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None, _DIGITS_FIT)
-QUICK = Sizes(6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None, _DIGITS_FIT)
-TINY = Sizes(300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16, _TINY_FIT)
+FULL = Sizes(
+    6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None, _DIGITS_FIT,
+    6000, 128, (16, 8, 128),
+)  # fmt: skip
+QUICK = Sizes(
+    6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None, _DIGITS_FIT, 640, 64, (10, 2, 32)
+)
+TINY = Sizes(
+    300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16, _TINY_FIT, 48, 16, (10, 1, 8)
+)
 
 
 def synchronize(device: torch.device) -> None:
@@ -529,6 +544,81 @@ def escnn_layers(device: torch.device, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+# --- 9: the literature's backbones ---
+
+RESNET_CONFIGS = ("resnet18", "timm_resnet18")
+
+
+def resnet_overhead(root: Path, accelerator: str, device: torch.device, sizes: Sizes) -> dict[str, Any]:
+    """symtrain's fit of each ResNet-18 config against the hand-written loop over the network
+    symtrain built (same weights at the start, data, batch size, optimiser and schedule)."""
+    small = Sizes(**{**sizes.__dict__, "num_train": sizes.resnet_train})
+    rows = {}
+    for config in RESNET_CONFIGS:
+        args = ("--config", str(ROOT / "configs" / "backbone" / f"{config}.yaml"), "--metrics.measures=[acc]")
+        args += ("--data.init_args.batch_size", str(sizes.resnet_batch))
+        fit = fit_round(root, accelerator, small, *args)  # warm-up round
+        symtrain_rates, hand_rates = [], []
+        for round_ in range(sizes.rounds):
+            if round_ % 2:
+                hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
+            fit = fit_round(root, accelerator, small, *args)
+            symtrain_rates.append(fit["images_per_s"])
+            if not round_ % 2:
+                hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
+        rows[config] = {
+            "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
+            "symtrain_images_per_s": median(symtrain_rates),
+            "parameters": sum(p.numel() for p in fit["net"].parameters()),
+        }
+    return {"resnet": rows}
+
+
+def wide_resnet_rows(device: torch.device, sizes: Sizes) -> dict[str, Any]:
+    """The e2-WRN D8D4D1 against the plain network with its expanded convolutions: its own
+    export (plain Conv2d, BatchNorm2d, ReLU in the same wide blocks) with fresh weights."""
+    from symtrain.backbones import EquivariantWideResNet
+
+    depth, widen, batch_size = sizes.wrn
+    x = torch.rand(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    backbone = EquivariantWideResNet(3, depth=depth, widen=widen, group="D", order=8, restrict=[4, 1])
+    exported = backbone.export()
+    plain = copy.deepcopy(exported)
+    for module in plain.modules():  # the twin learns its own weights, as a plain WRN would
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    channels = backbone.out_channels
+    nets = {
+        "escnn": nn.Sequential(backbone, ClassificationHead(channels, 10)).to(device),
+        "exported": nn.Sequential(exported, ClassificationHead(channels, 10)).to(device),
+        "plain": nn.Sequential(plain.train(), ClassificationHead(channels, 10)).to(device),
+    }
+    optimizers = {name: torch.optim.AdamW(net.parameters()) for name, net in nets.items()}
+    train_s: dict[str, list[float]] = {"escnn": [], "plain": []}
+    infer_s: dict[str, list[float]] = {name: [] for name in nets}
+    steps = max(1, sizes.steps // 4)  # a WRN step is 10-100x a quickstart step
+    for _ in range(sizes.rounds + 1):  # the first round warms up
+        for name in train_s:
+            net, optimizer = nets[name].train(), optimizers[name]
+            train_s[name].append(repeat(lambda n=net, o=optimizer: train_step(n, o, x, y), steps, device))
+        for name, net in nets.items():
+            net.eval()  # escnn expands and caches its filters here, outside the timing
+            with torch.no_grad():
+                infer_s[name].append(repeat(lambda n=net: n(x), steps, device))
+    train = {name: median(times[1:]) for name, times in train_s.items()}
+    infer = {name: median(times[1:]) for name, times in infer_s.items()}
+    return {
+        "wide_resnet": {
+            "model": f"{backbone.name} WRN-{depth}-{widen}, batch {batch_size}",
+            "parameters": sum(p.numel() for p in backbone.parameters()),
+            "train_ratio": train["escnn"] / train["plain"],
+            "eval_infer_ratio": infer["escnn"] / infer["plain"],
+            "export_infer_ratio": infer["exported"] / infer["plain"],
+        }
+    }
+
+
 # --- 5: start-up ---
 
 
@@ -695,6 +785,14 @@ def report(results: dict[str, Any]) -> str:
             info(f"{config}: train step / {twin}", values["fourier_train_ratio"])
             info(f"{config}: eval-mode inference / {twin}", values["fourier_eval_infer_ratio"])
             info(f"{config}: exported inference / {twin}", values["fourier_export_infer_ratio"])
+    for config, values in results.get("resnet", {}).items():
+        overhead = values["framework_overhead_ratio"]
+        row(f"{config}: symtrain img/s / hand-written loop img/s", overhead, 0.95, True)
+    if "wide_resnet" in results:
+        wrn = results["wide_resnet"]
+        row(f"{wrn['model']}: train step / plain WRN with the same convs", wrn["train_ratio"], 1.3, False)
+        info(f"{wrn['model']}: eval-mode inference (escnn modules) / plain WRN", wrn["eval_infer_ratio"])
+        row(f"{wrn['model']}: exported inference / plain WRN", wrn["export_infer_ratio"], 1.05, False)
     if "startup_help_s" in results:
         row("start-up: `python -m symtrain --help` (s)", results["startup_help_s"], 2.0, False, "{:.2f}")
         fit_help = results["startup_fit_help_s"]
@@ -743,7 +841,7 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "augmentation", "strategies", "escnn", "startup", "scaling", "cost")
+SECTIONS = ("overhead", "augmentation", "strategies", "escnn", "startup", "scaling", "cost", "backbones")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -794,6 +892,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "cost" in args.sections:
             results.update(fit_cost(root, accelerator, sizes))
             results.update(compare_startup(root, sizes))
+        if "backbones" in args.sections:
+            results.update(resnet_overhead(root, accelerator, device, sizes))
+            results.update(wide_resnet_rows(device, sizes))
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -239,7 +239,7 @@ def test_every_backbone_config_trains_and_reloads(
 
     args = ["fit", "--config", QUICKSTART, "--config", str(backbone), "--config", DEBUG]
     args += [*without_backbone_flags(TINY), *tiny_args(backbone), f"--trainer.default_root_dir={tmp_path}"]
-    args += ["--metrics.num_samples=32", "--metrics.test_num_samples=32"]  # every measure, on fewer images
+    args += ["--metrics.num_samples=8", "--metrics.test_num_samples=8"]  # every measure, on few images
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     run = only_run_dir(tmp_path)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from backbone_configs import tiny_args
 
 from symtrain.__main__ import main
 from symtrain.compare import _CellRunner
@@ -192,3 +193,40 @@ def test_a_stop_that_reaches_a_cell_just_ended_still_stops_the_study() -> None:
     runner.child = SimpleNamespace(pid=ended.pid)
     runner._stop(signal.SIGTERM, None)  # no ProcessLookupError
     assert runner.stopped_by == signal.SIGTERM and runner.forwarded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study,cell", [("cifar10_shift", "aps+none"), ("cifar10_rotation", "wrn+augment")])
+def test_one_cell_of_each_gpu_study_trains_tiny_on_the_shapes(
+    study: str, cell: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study as shipped (its backbone, strategy and measurement settings) on the shapes
+    instead of its data, at the tiny size the backbone declares and a smoke schedule."""
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load((CONFIGS / "compare" / f"{study}.yaml").read_text())
+    backbone, strategy = cell.split("+")
+    cells = [f"{b}+{s}" for b in spec["backbones"] for s in spec["strategies"]]
+    spec.update(
+        base=[str(CONFIGS / "quickstart.yaml"), str(CONFIGS / "trainer" / "debug.yaml")],
+        exclude=[other for other in cells if other != cell],
+        seeds=[0],
+        root=str(tmp_path / "studies"),
+    )
+    spec["args"] = [arg for arg in spec["args"] if arg.startswith("--metrics.")] + [
+        *tiny_args(ROOT / spec["backbones"][backbone]),
+        "--data.init_args.num_train=64",
+        "--data.init_args.num_val=32",
+        "--data.init_args.num_test=32",
+        "--metrics.num_samples=8",
+        "--metrics.test_num_samples=8",
+        "--run.wandb=false",
+        "--run.quiet=true",
+    ]
+    path = tmp_path / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    main(["compare", "--config", str(path), "--fork", "false"])
+    summary = yaml.safe_load(
+        (tmp_path / "studies" / study / f"{backbone}-{strategy}-s0" / "summary.json").read_text()
+    )
+    assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
+    assert "[1/1]" in capsys.readouterr().out

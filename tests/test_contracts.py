@@ -50,7 +50,7 @@ def examples(base: type) -> list[Any]:
 def test_every_kind_has_plugins() -> None:
     """Discovery finds what ships (a broken import would silently test nothing)."""
     names = {cls.__name__ for base in (Backbone, TransformFamily, SymmetryStrategy) for cls in shipped(base)}
-    assert {"StandardCNN", "AntialiasedCNN", "EquivariantCNN", "Rot90", "Diffeo", "Augmentation"} <= names
+    assert {"StandardCNN", "ResNet", "EquivariantWideResNet", "Rot90", "Diffeo", "Augmentation"} <= names
 
 
 def relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -103,6 +103,23 @@ class TestBackboneContract:
                 # an edit that changes nothing leaves every map as it was
                 same = backbone.layer_outputs(images, lambda name, features: features)
                 assert all(torch.equal(same[name], layers[name]) for name in layers)
+
+    def test_encode_returns_the_declared_pyramid(self, cls: type, kwargs: dict[str, Any]) -> None:
+        """Decoders, size checks and layer-wise measures read ``feature_info``; ``encode``
+        must return exactly those maps: their channels, and sizes of side / stride (rounded
+        either way, as strided layers and polyphase sampling do)."""
+        backbone = self.build(cls, kwargs).eval()
+        declared = backbone.feature_info()
+        if not declared:  # no dense form: nothing declared, nothing to hold it to
+            return
+        assert backbone.total_stride == declared[-1].stride
+        for size in (28, 33):
+            with torch.no_grad():
+                pyramid = backbone.encode(torch.rand(2, 1, size, size))
+            maps = [*pyramid.skips, pyramid.bottom]
+            assert [m.shape[1] for m in maps] == [f.channels for f in declared]
+            for features, feature in zip(maps, declared, strict=True):
+                assert size // feature.stride <= features.shape[-1] <= -(-size // feature.stride), feature
 
     def test_dense_form_or_one_line_refusal(self, cls: type, kwargs: dict[str, Any]) -> None:
         backbone = self.build(cls, kwargs)

@@ -456,3 +456,8 @@ def test_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:
     strategies = figures["strategy_cost"]  # every wrapping strategy shipped in configs/symmetry
     assert {"average_c4", "average_test_c4", "canonicalize_c4", "canonicalize_d4"} <= set(strategies)
     assert all(0 < row["train_ratio"] < 100 and 0 < row["infer_ratio"] < 100 for row in strategies.values())
+    assert set(figures["resnet"]) == {"resnet18", "timm_resnet18"}  # the literature's backbones
+    assert all(0 < row["framework_overhead_ratio"] < 100 for row in figures["resnet"].values())
+    assert figures["resnet"]["resnet18"]["parameters"] > 10_000_000  # ResNet-18 as shipped, not shrunk
+    wrn = figures["wide_resnet"]
+    assert all(0 < wrn[key] < 100 for key in ("train_ratio", "eval_infer_ratio", "export_infer_ratio"))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
+from symtrain.backbones.base import Backbone
 from symtrain.backbones.cnn import _StagedCNN, conv_stages
 from symtrain.errors import SymtrainError
 from symtrain.transforms import CircularShift, Shift, Symmetries, declared_exactness
@@ -259,11 +260,6 @@ class AntialiasedCNN(_StagedCNN):
         """``AntialiasedCNN-{downsample}``: runs of the three modes group apart on dashboards."""
         return f"{type(self).__name__}-{self.downsample}"
 
-    @property
-    def total_stride(self) -> int:
-        """Input pixels per feature-map cell: shifts by multiples of it move the map by whole cells."""
-        return 2**self.depth
-
     def _downsampling(self) -> nn.Module:
         if self.downsample == "max":
             return nn.MaxPool2d(kernel_size=2, stride=2)
@@ -292,15 +288,22 @@ class AntialiasedCNN(_StagedCNN):
         return {Shift(): "approximate", CircularShift(): "approximate"}
 
     def input_size_problem(self, image_size: int) -> str | None:
-        exact = declared_exactness(self.declared_symmetries(), CircularShift()) == "exact"
-        if not exact or image_size % self.total_stride == 0:
-            return None
-        fit = image_size - image_size % self.total_stride or self.total_stride
-        return (
-            f"{self.name} is exactly equivariant to circular shifts only on images whose side is a "
-            f"multiple of its total stride {self.total_stride}, not {image_size}: resize the data "
-            f"(e.g. --data.image_size {fit}) or use fewer stages (--model.backbone.depth)"
-        )
+        return polyphase_size_problem(self, image_size, " or use fewer stages (--model.backbone.depth)")
+
+
+def polyphase_size_problem(backbone: Backbone, image_size: int, other_fix: str = "") -> str | None:
+    """Why ``image_size`` breaks an APS backbone's exact circular-shift claim: only sides that
+    are multiples of its total stride keep every polyphase component whole (None otherwise)."""
+    exact = declared_exactness(backbone.declared_symmetries(), CircularShift()) == "exact"
+    stride = backbone.total_stride
+    if not exact or image_size % stride == 0:
+        return None
+    fit = image_size - image_size % stride or stride
+    return (
+        f"{backbone.name} is exactly invariant to circular shifts only on images whose side is a "
+        f"multiple of its total stride {stride}, not {image_size}: resize the data "
+        f"(e.g. --data.image_size {fit}){other_fix}"
+    )
 
 
 def _check_args(

@@ -25,9 +25,9 @@ class Pyramid(NamedTuple):
     """What a U-Net decoder needs from its encoder.
 
     Attributes:
-        skips: the finer feature maps, finest first (for the stride-2 CNNs each stage's
-            features just before its downsampling: stage ``i`` has stride ``2**i``; for a timm
-            model its stages but the last, at the strides its ``feature_info`` declares).
+        skips: the finer feature maps, finest first, as :meth:`Backbone.feature_info`
+            declares them (for the stride-2 CNNs each stage's features just before its
+            downsampling; for a ResNet its stem and stages, at strides 1 or 4, then 2, 4, 8, ...).
         bottom: the coarsest feature map.
         phases: per downsampling, the (B,) index of the polyphase component it kept
             (``2 * row + col`` offset), or None where it always keeps the same one.
@@ -38,6 +38,20 @@ class Pyramid(NamedTuple):
     bottom: Tensor
     phases: list[Tensor | None]
     size: tuple[int, int] | None = None
+
+
+class Feature(NamedTuple):
+    """One map of a backbone's declared feature pyramid, as timm's ``feature_info`` gives it.
+
+    Attributes:
+        name: what the layer-wise measures and dashboards call it.
+        stride: input pixels per cell of the map (its reduction).
+        channels: channels of the map.
+    """
+
+    name: str
+    stride: int
+    channels: int
 
 
 class Backbone(nn.Module):
@@ -76,8 +90,22 @@ class Backbone(nn.Module):
         exactly."""
         return {}
 
+    def feature_info(self) -> list[Feature]:
+        """The declared feature pyramid: the maps :meth:`encode` returns, finest first (its
+        skips, then its bottom), with their strides and channels. Decoders are built from it,
+        size checks read its strides (:attr:`total_stride`), and the contract tests hold
+        :meth:`encode` to it; strides need not be 2, 4, 8, ... (empty: no dense form)."""
+        return []
+
+    @property
+    def total_stride(self) -> int:
+        """Input pixels per cell of the coarsest declared map (1 when none is declared)."""
+        features = self.feature_info()
+        return features[-1].stride if features else 1
+
     def encode(self, images: Tensor) -> Pyramid:
-        """The features of every resolution, for a segmentation decoder."""
+        """The features of every resolution, for a segmentation decoder (:meth:`feature_info`
+        declares them)."""
         raise SymtrainError(f"{self.name} has no dense form: choose a backbone that segments")
 
     def decoder(self, num_classes: int) -> nn.Module:
@@ -103,8 +131,8 @@ class Backbone(nn.Module):
 
     def layer_strides(self) -> dict[str, int]:
         """Named intermediate feature maps and their cumulative strides, for layer-wise
-        equivariance measurements (none by default)."""
-        return {}
+        equivariance measurements (by default the declared pyramid's maps)."""
+        return {feature.name: feature.stride for feature in self.feature_info()}
 
     def layer_outputs(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, Tensor]:
         """The feature maps named by :meth:`layer_strides` for normalised ``images``, in network

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
+from symtrain.backbones.base import Backbone, Feature, LayerEdit, Pyramid
 from symtrain.transforms import CircularShift, Shift, Symmetries
 
 ConvPadding = Literal["zeros", "circular"]
@@ -159,6 +159,13 @@ class _StagedCNN(Backbone):
             x, phase = self._downsample(layer, x)
             phases.append(phase)
         return Pyramid(skips, x, phases)
+
+    def feature_info(self) -> list[Feature]:
+        """Each stage's map before its downsampling (``stage{i}_in``, stride ``2**(i-1)``),
+        then the last stage's output."""
+        width = self.dense_args["width"]
+        skips = [Feature(f"stage{i + 1}_in", 2**i, width * 2**i) for i in range(self.depth)]
+        return [*skips, Feature(f"stage{self.depth}", 2**self.depth, self.out_channels)]
 
     def decoder(self, num_classes: int) -> nn.Module:
         return UNetDecoder(**self.dense_args, num_classes=num_classes, upsampling=self._upsampling)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
+from symtrain.backbones.base import Backbone, Feature, LayerEdit, Pyramid
 from symtrain.backbones.pyramid import PyramidDecoder
 from symtrain.errors import SymtrainError
 from symtrain.transforms import CircularShift, Shift, Symmetries
@@ -144,9 +144,17 @@ class TimmBackbone(Backbone):
         *finer, coarsest = self.model(images)
         return Pyramid(finer, coarsest, [None] * len(finer), tuple(images.shape[-2:]))
 
+    def feature_info(self) -> list[Feature]:
+        """timm's own ``feature_info``: every stage's stride and channels."""
+        channels = self.model.feature_info.channels()
+        return [
+            Feature(name, self.stage_strides[name], c)
+            for name, c in zip(self.stage_names, channels, strict=True)
+        ]
+
     def decoder(self, num_classes: int) -> nn.Module:
         """A U-Net decoder over the stages timm declares (:class:`PyramidDecoder`)."""
-        return PyramidDecoder(self.model.feature_info.channels(), num_classes)
+        return PyramidDecoder([feature.channels for feature in self.feature_info()], num_classes)
 
     def declared_symmetries(self) -> Symmetries:
         # Convolutions and pooling: shift equivariance only approximately (strides and padding).
@@ -156,7 +164,7 @@ class TimmBackbone(Backbone):
         from timm.models._features import FeatureDictNet
 
         # Models whose features come from hooks cannot have a map replaced inside them.
-        return dict(self.stage_strides) if isinstance(self.model, FeatureDictNet) else {}
+        return super().layer_strides() if isinstance(self.model, FeatureDictNet) else {}
 
     def layer_outputs(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, Tensor]:
         """timm's own feature collection (``FeatureDictNet._collect``), with ``edit`` applied to

@@ -23,12 +23,14 @@ from symtrain.backbones.equivariant.ops import (
     symmetric_blur_pool,
     symmetric_upsample,
 )
+from symtrain.backbones.equivariant.wide_resnet import EquivariantWideResNet
 
 __all__ = [
     "BlurPool",
     "DiskMask",
     "EquivariantCNN",
     "EquivariantDecoder",
+    "EquivariantWideResNet",
     "ExportedDecoder",
     "ExportedEncoder",
     "FourierActivation",

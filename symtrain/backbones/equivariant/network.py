@@ -6,17 +6,16 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from symtrain._lazy import lazy_module
-from symtrain.backbones.base import Backbone, LayerEdit, Pyramid
-from symtrain.backbones.equivariant.action import _group_element, _is_regular
+from symtrain.backbones.base import Backbone, Feature, LayerEdit, Pyramid
+from symtrain.backbones.equivariant.action import FieldAction, _is_regular
 from symtrain.backbones.equivariant.decoder import EquivariantDecoder, ExportedEncoder, _export_layer
 from symtrain.backbones.equivariant.filters import _EscnnFilters, use_exact_svd_in_escnn
 from symtrain.backbones.equivariant.ops import DiskMask, read_slice_bounds_on_host
 from symtrain.errors import SymtrainError
-from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, Symmetries, TransformFamily
+from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, Symmetries
 
 if TYPE_CHECKING:
     from escnn import gspaces
@@ -31,7 +30,7 @@ else:  # escnn is imported when the first EquivariantCNN is built, not by every 
 Group = Literal["C", "D", "SO2", "O2"]
 
 
-class EquivariantCNN(_EscnnFilters, Backbone):
+class EquivariantCNN(_EscnnFilters, FieldAction, Backbone):
     """An escnn CNN equivariant to C_N, D_N, SO(2) or O(2), with invariant output features.
 
     Topology mirrors :class:`~symtrain.backbones.StandardCNN`: ``depth`` stages of
@@ -64,6 +63,7 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         disk_mask: mask the input to its inscribed disk (for continuous rotations).
 
     Examples:
+        >>> import torch
         >>> net = EquivariantCNN(in_channels=1, group="C", order=4, width=8, depth=2)
         >>> x = torch.rand(2, 1, 29, 29)
         >>> features = net.eval()(x)
@@ -122,7 +122,6 @@ class EquivariantCNN(_EscnnFilters, Backbone):
         self.width = width
         self.restrict_from_stage = restrict_from_stage
         self.mask = DiskMask() if disk_mask else nn.Identity()
-        self._representations: dict[tuple, Tensor] = {}
 
         gspace = self._gspace(group)
         field_type = enn.FieldType(gspace, in_channels * [gspace.trivial_repr])
@@ -227,6 +226,14 @@ class EquivariantCNN(_EscnnFilters, Backbone):
             features = layer(features)
         return Pyramid(skips, features.tensor, [None] * len(skips))
 
+    def feature_info(self) -> list[Feature]:
+        """Each stage's fields before its pooling (``stage{i}_in``), then the last pooling's."""
+        pools = [
+            layer for layer in self.layers.children() if isinstance(layer, escnn_layers.SymmetricBlurPool)
+        ]
+        skips = [Feature(f"stage{i + 1}_in", 2**i, pool.in_type.size) for i, pool in enumerate(pools)]
+        return [*skips, Feature(f"stage{len(pools)}", 2 ** len(pools), pools[-1].out_type.size)]
+
     def decoder(self, num_classes: int) -> nn.Module:
         """An :class:`EquivariantDecoder` mirroring the stages, with the same width rule."""
         if self.restrict_from_stage is not None:
@@ -282,24 +289,6 @@ class EquivariantCNN(_EscnnFilters, Backbone):
                 outputs[name] = features.tensor
         outputs["invariant"] = features.tensor if edit is None else edit("invariant", features.tensor)
         return outputs
-
-    def act_on_layer(
-        self, name: str, family: TransformFamily, element: Tensor, features: Tensor
-    ) -> Tensor | None:
-        """Spatial action, then the fields' representation on the channels (pure torch: escnn's
-        ``GeometricTensor.transform`` goes through numpy on the CPU)."""
-        spatial = family.act_on_features(features, element, self.layer_strides()[name])
-        if spatial is None or family.orthogonal(element) is None:
-            return spatial  # translations act on the grid only
-        field_type = self._layer_types()[name]
-        group_element = _group_element(field_type.gspace.fibergroup, family, element)
-        if group_element is None:
-            return None
-        key = (name, family.name, tuple(element.tolist()), str(features.device), features.dtype)
-        if key not in self._representations:
-            matrix = field_type.representation(group_element)
-            self._representations[key] = torch.as_tensor(matrix, dtype=features.dtype, device=features.device)
-        return torch.einsum("oc,bc...->bo...", self._representations[key], spatial)
 
     def _layer_types(self) -> dict[str, enn.FieldType]:
         types: dict[str, enn.FieldType] = {}

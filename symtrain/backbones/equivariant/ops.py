@@ -151,3 +151,19 @@ def symmetric_upsample(features: Tensor, size: int) -> Tensor:
         return F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
     # pixels 0, 2, ..., size - 1 were kept: align_corners=True maps them back in place
     return F.interpolate(features, size=(size, size), mode="bilinear", align_corners=True)
+
+
+class WideBasic(nn.Module):
+    """A pre-activation wide residual block (Zagoruyko & Komodakis 2016) as plain torch: what
+    the escnn block of :class:`~symtrain.backbones.EquivariantWideResNet` exports to."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.bn1, self.relu1, self.conv1 = modules["bn1"], modules["relu1"], modules["conv1"]
+        self.bn2, self.relu2, self.dropout = modules["bn2"], modules["relu2"], modules["dropout"]
+        self.conv2, self.shortcut = modules["conv2"], modules.get("shortcut")
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = self.relu1(self.bn1(x))
+        out = self.conv2(self.dropout(self.relu2(self.bn2(self.conv1(activated)))))
+        return out + (x if self.shortcut is None else self.shortcut(activated))
