@@ -709,7 +709,14 @@ def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
                 "none": "configs/symmetry/none.yaml",
                 "flip": "configs/symmetry/augment_flip.yaml",
             },
-            "args": ["--data.init_args.num_train=64", "--run.wandb=false", "--run.quiet=true"],
+            # start-up is what is timed: no measurements, no test after the fit
+            "args": [
+                "--data.init_args.num_train=64",
+                "--metrics.families=[]",
+                "--run.test_after_fit=false",
+                "--run.wandb=false",
+                "--run.quiet=true",
+            ],
             "root": str(root / "compare"),
             "fork": fork,
         }
