@@ -137,9 +137,22 @@ class AdaptivePolyphaseSampling(nn.Module):
         total = torch.float32 if x.device.type == "mps" else torch.float64
         norms = grid.square().sum(dim=(1, 2, 4), dtype=total).flatten(1)  # (B, 4), i-major
         chosen = norms.argmax(dim=1)  # (B,), the first maximum on ties
-        phases = grid.permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, h, w)
-        kept = phases[torch.arange(batch, device=x.device), chosen // 2, chosen % 2]  # (B, C, h, w)
-        return kept, chosen
+        return polyphase_component(x, chosen), chosen
+
+
+def polyphase_component(x: Tensor, chosen: Tensor) -> Tensor:
+    """Per sample, the polyphase component ``chosen`` (``2 * row + col`` offset) of ``x``
+    subsampled by 2; an odd last row or column is dropped.
+
+    Examples:
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> polyphase_component(x, torch.tensor([3]))[0, 0].tolist()
+        [[5.0, 7.0], [13.0, 15.0]]
+    """
+    batch, channels, height, width = x.shape  # -> (B, C, H // 2, W // 2)
+    grid = x[..., : height // 2 * 2, : width // 2 * 2].reshape(batch, channels, height // 2, 2, width // 2, 2)
+    phases = grid.permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, h, w)
+    return phases[torch.arange(batch, device=x.device), chosen // 2, chosen % 2]
 
 
 class PolyphaseUpsampling(nn.Module):

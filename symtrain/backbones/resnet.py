@@ -22,11 +22,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, ClassVar, Literal, get_args
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from symtrain.backbones.antialiased import AdaptivePolyphaseSampling, polyphase_size_problem
+from symtrain.backbones.antialiased import (
+    AdaptivePolyphaseSampling,
+    polyphase_component,
+    polyphase_size_problem,
+)
 from symtrain.backbones.base import Backbone, Feature, LayerEdit, Pyramid
 from symtrain.backbones.pyramid import PyramidDecoder
 from symtrain.errors import SymtrainError
@@ -84,13 +87,7 @@ class SamePhaseDown(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H // 2, W // 2)
         phase = self.leader.phase
         assert phase is not None, "the shortcut runs after its block's main path"
-        x = self.blur(x)
-        batch, channels, height, width = x.shape
-        grid = x[..., : height // 2 * 2, : width // 2 * 2].reshape(
-            batch, channels, height // 2, 2, width // 2, 2
-        )
-        phases = grid.permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, h, w)
-        return phases[torch.arange(batch, device=x.device), phase // 2, phase % 2]
+        return polyphase_component(self.blur(x), phase)
 
 
 def _blur(channels: int | None, filt_size: int, pad_mode: str, stride: int = 1) -> nn.Module:
@@ -133,6 +130,7 @@ class ResNet(Backbone):
             ``aps`` (its exact claim needs it), off otherwise.
 
     Examples:
+        >>> import torch
         >>> net = ResNet(1, depth=18, downsample="aps", width=8).eval()
         >>> x = torch.rand(2, 1, 16, 16)
         >>> net(x).shape, net.total_stride
