@@ -255,7 +255,7 @@ def overhead_and_metrics(
         shares.append(fit["metrics_s"] / fit["epoch_s"])
         epochs.append(fit["epoch_s"])
     return {
-        "measure_epoch_share": measure_costs(fit, device, median(epochs)),
+        "measure_epoch_share": measure_costs(fit, device, median(epochs), sizes),
         "symtrain_images_per_s": median(symtrain_rates),
         "hand_written_images_per_s": median(hand_rates),
         "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
@@ -266,10 +266,12 @@ def overhead_and_metrics(
     }
 
 
-def measure_costs(fit: dict[str, Any], device: torch.device, epoch_s: float) -> dict[str, float]:
+def measure_costs(
+    fit: dict[str, Any], device: torch.device, epoch_s: float, sizes: Sizes
+) -> dict[str, float]:
     """Each measure alone, at default settings (default families, the default subset of its
-    stage), as a share of a training epoch: median of three runs each. The opt-in measures
-    (not run by default) are timed too."""
+    stage; ``--tiny``: its few images), as a share of a training epoch: median of three runs
+    each (``--tiny``: one). The opt-in measures (not run by default) are timed too."""
     from types import SimpleNamespace
 
     net = copy.deepcopy(fit["net"]).to(device).eval()
@@ -283,21 +285,25 @@ def measure_costs(fit: dict[str, Any], device: torch.device, epoch_s: float) -> 
         log=lambda *a, **k: None,
     )
     shares = {}
+    repeats = 1 if sizes.rounds == 1 else 3
+    subset = {}
+    if sizes.metrics_samples is not None:
+        subset = {"num_samples": sizes.metrics_samples, "test_num_samples": sizes.metrics_samples}
     default = measures_for("classification", None)
     opt_in = [c for (task, _), c in registry().items() if task == "classification" and not c.default]
     for cls in default + opt_in:
-        callback = EquivarianceMetrics(measures=[cls.key])
+        callback = EquivarianceMetrics(measures=[cls.key], **subset)
         stage = "val" if "val" in cls.stages else "test"
         seconds = []
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             callback.measure(trainer, module, stage)
             seconds.append(time.perf_counter() - start)
         optional = "" if cls.default else ", opt-in"
         shares[f"{cls.key} ({stage}{optional})"] = median(seconds) / epoch_s
     # together, measures share views (the curve's shifted images serve jaggedness too)
-    callback, seconds = EquivarianceMetrics(), []
-    for _ in range(3):
+    callback, seconds = EquivarianceMetrics(**subset), []
+    for _ in range(repeats):
         start = time.perf_counter()
         callback.measure(trainer, module, "test")
         seconds.append(time.perf_counter() - start)
@@ -533,8 +539,8 @@ def compare_with_plain(
     return ratios
 
 
-def escnn_layers(device: torch.device, sizes: Sizes) -> dict[str, Any]:
-    rows = {config: compare_with_plain(config, device, sizes) for config in sizes.escnn_configs}
+def escnn_layers(device: torch.device, sizes: Sizes, batch_size: int = 128) -> dict[str, Any]:
+    rows = {config: compare_with_plain(config, device, sizes, batch_size) for config in sizes.escnn_configs}
     first = rows[sizes.escnn_configs[0]]
     return {
         "escnn": rows,
@@ -555,8 +561,9 @@ def resnet_overhead(root: Path, accelerator: str, device: torch.device, sizes: S
     small = Sizes(**{**sizes.__dict__, "num_train": sizes.resnet_train})
     rows = {}
     for config in RESNET_CONFIGS:
-        args = ("--config", str(ROOT / "configs" / "backbone" / f"{config}.yaml"), "--metrics.measures=[acc]")
-        args += ("--data.init_args.batch_size", str(sizes.resnet_batch))
+        args = ("--config", str(ROOT / "configs" / "backbone" / f"{config}.yaml"), "--metrics.families=[]")
+        # only the training window is timed: a small validation split and no measurements
+        args += ("--data.init_args.batch_size", str(sizes.resnet_batch), "--data.init_args.num_val", "64")
         fit = fit_round(root, accelerator, small, *args)  # warm-up round
         symtrain_rates, hand_rates = [], []
         for round_ in range(sizes.rounds):
@@ -700,15 +707,15 @@ def fit_cost(root: Path, accelerator: str, sizes: Sizes) -> dict[str, Any]:
 def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
     """Start-up of each cell of a two-cell study: forked from the import server, and fresh."""
     startups = {}
+    strategies = {"none": "configs/symmetry/none.yaml", "flip": "configs/symmetry/augment_flip.yaml"}
+    if sizes.rounds == 1:  # --tiny: one cell of each kind shows that it runs
+        strategies.pop("flip")
     for fork in (True, False):
         study = {
             "name": f"fork_{fork}".lower(),
             "base": ["configs/quickstart.yaml", "configs/trainer/debug.yaml"],
             "backbones": {"cnn": "configs/backbone/cnn.yaml"},
-            "strategies": {
-                "none": "configs/symmetry/none.yaml",
-                "flip": "configs/symmetry/augment_flip.yaml",
-            },
+            "strategies": strategies,
             # start-up is what is timed: no measurements, no test after the fit
             "args": [
                 "--data.init_args.num_train=64",
@@ -891,7 +898,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "strategies" in args.sections:
             results.update(strategies(root, device, sizes, batch_size=16 if args.tiny else 128))
         if "escnn" in args.sections:
-            results.update(escnn_layers(device, sizes))
+            results.update(escnn_layers(device, sizes, batch_size=16 if args.tiny else 128))
         if "startup" in args.sections:
             results.update(startup(root, accelerator, sizes))
         if "scaling" in args.sections:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from symtrain.clock import note_process_start
+from symtrain.clock import note_process_start, without_start
 from symtrain.errors import SymtrainError, one_line_error
 
 
@@ -277,7 +277,13 @@ def _start_cell(command: list[str], log: Path, fork: bool) -> _ForkedCell | subp
     if fork and sys.platform == "linux" and command[1:3] == ["-m", "symtrain"]:
         return _ForkedCell(command, log)
     with log.open("a") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=without_start(dict(os.environ)),  # the cell's start-up is its own, not the study's
+        )
 
 
 def write_slurm_plan(study: Study) -> Path:

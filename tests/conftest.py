@@ -6,6 +6,9 @@ import torch
 # Tests never touch the network or a wandb account, and stay quiet.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One thread per process, in the commands the tests start too: the suite's workers already share
+# the cores, and more threads than cores make torch's spinning threads wait on each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
@@ -18,3 +21,9 @@ def images() -> torch.Tensor:
 def plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI is driven with explicit args; pytest's own argv must not look like extra ones."""
     monkeypatch.setattr("sys.argv", ["symtrain"])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end runs first: the suite's workers share them out from the start and the
+    quick tests fill in around them, rather than one worker finishing a long run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -79,7 +79,7 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
         {"depth": 10, "widen": 1, "group": "D", "order": 8, "restrict": [4, 1]},
         {"depth": 10, "widen": 1, "group": "C", "order": 4, "restrict": [4, 2]},
     )
-    tiny: ClassVar[dict[str, Any]] = {"depth": 10, "widen": 1}
+    tiny: ClassVar[dict[str, Any]] = {"depth": 10, "widen": 1, "fixparams": False}
 
     def __init__(
         self,
