@@ -271,7 +271,8 @@ def measure_costs(
 ) -> dict[str, float]:
     """Each measure alone, at default settings (default families, the default subset of its
     stage; ``--tiny``: its few images), as a share of a training epoch: median of three runs
-    each (``--tiny``: one). The opt-in measures (not run by default) are timed too."""
+    each (fewer when the sizes have fewer rounds). The opt-in measures (not run by default) are
+    timed too."""
     from types import SimpleNamespace
 
     net = copy.deepcopy(fit["net"]).to(device).eval()
@@ -285,7 +286,7 @@ def measure_costs(
         log=lambda *a, **k: None,
     )
     shares = {}
-    repeats = 1 if sizes.rounds == 1 else 3
+    repeats = min(3, sizes.rounds)
     subset = {}
     if sizes.metrics_samples is not None:
         subset = {"num_samples": sizes.metrics_samples, "test_num_samples": sizes.metrics_samples}
@@ -705,11 +706,11 @@ def fit_cost(root: Path, accelerator: str, sizes: Sizes) -> dict[str, Any]:
 
 
 def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
-    """Start-up of each cell of a two-cell study: forked from the import server, and fresh."""
+    """Start-up of each cell of a study of up to two cells (one per round): forked from the
+    import server, and fresh."""
     startups = {}
     strategies = {"none": "configs/symmetry/none.yaml", "flip": "configs/symmetry/augment_flip.yaml"}
-    if sizes.rounds == 1:  # --tiny: one cell of each kind shows that it runs
-        strategies.pop("flip")
+    strategies = dict(list(strategies.items())[: sizes.rounds])  # --tiny: one cell of each kind
     for fork in (True, False):
         study = {
             "name": f"fork_{fork}".lower(),
