@@ -889,6 +889,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    step_batch = 16 if args.tiny else 128  # the batch of the step-level rows (strategies, escnn)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "overhead" in args.sections:
@@ -897,9 +898,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "augmentation" in args.sections:
             results.update(augmentation(root, device, sizes))
         if "strategies" in args.sections:
-            results.update(strategies(root, device, sizes, batch_size=16 if args.tiny else 128))
+            results.update(strategies(root, device, sizes, batch_size=step_batch))
         if "escnn" in args.sections:
-            results.update(escnn_layers(device, sizes, batch_size=16 if args.tiny else 128))
+            results.update(escnn_layers(device, sizes, batch_size=step_batch))
         if "startup" in args.sections:
             results.update(startup(root, accelerator, sizes))
         if "scaling" in args.sections:
