@@ -53,6 +53,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -65,12 +66,12 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from symtrain.backbones import EquivariantCNN  # noqa: E402
+from symtrain.backbones import EquivariantCNN, StandardCNN  # noqa: E402
 from symtrain.backbones.equivariant import BlurPool, FourierActivation  # noqa: E402
 from symtrain.cli import SymtrainCLI  # noqa: E402
 from symtrain.metrics import EquivarianceMetrics, measures_for  # noqa: E402
 from symtrain.metrics.base import registry  # noqa: E402
-from symtrain.module import ClassificationHead  # noqa: E402
+from symtrain.module import ClassificationHead, SymmetryModule  # noqa: E402
 from symtrain.symmetry import Augmentation, Canonicalization, GroupAveraging  # noqa: E402
 from symtrain.transforms import Affine, Diffeo, Elastic, Flip, Rot90, Rotation, Shift  # noqa: E402
 
@@ -103,6 +104,8 @@ class Sizes:
     resnet_train: int  # training images of the ResNet-18 fits (a CPU trains about 30 img/s)
     resnet_batch: int  # their batch size (the quickstart's 128 at full size)
     wrn: tuple[int, int, int]  # depth, widen factor and batch size of the WRN rows
+    stream_train: tuple[int, int]  # training files of the streaming-memory fits: small, large
+    photo_train: int  # photo-sized files of the loader-throughput rows
 
 
 _DIGITS_FIT = ("--trainer.max_epochs", "8")  # the real-digit study's schedule
@@ -112,13 +115,41 @@ _TINY_FIT = (
 )  # fmt: skip
 FULL = Sizes(
     6000, 5, 30, 5, (10000, 20000, 40000), (32, 64, 128), ESCNN_CONFIGS, 3, None, _DIGITS_FIT,
-    6000, 128, (16, 8, 128),
+    6000, 128, (16, 8, 128), (2000, 20000), 2000,
 )  # fmt: skip
 QUICK = Sizes(
-    6000, 3, 8, 2, (1000, 2000), (32, 64), ("escnn_c4",), 1, None, _DIGITS_FIT, 640, 64, (10, 2, 32)
+    6000,
+    3,
+    8,
+    2,
+    (1000, 2000),
+    (32, 64),
+    ("escnn_c4",),
+    1,
+    None,
+    _DIGITS_FIT,
+    640,
+    64,
+    (10, 2, 32),
+    (2000, 20000),
+    600,
 )
 TINY = Sizes(
-    300, 1, 2, 1, (150, 300), (16, 32), ("escnn_c4", "escnn_so2"), 1, 16, _TINY_FIT, 48, 16, (10, 1, 8)
+    300,
+    1,
+    2,
+    1,
+    (150, 300),
+    (16, 32),
+    ("escnn_c4", "escnn_so2"),
+    1,
+    16,
+    _TINY_FIT,
+    48,
+    16,
+    (10, 1, 8),
+    (100, 400),
+    64,
 )
 
 
@@ -740,6 +771,212 @@ def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
     }
 
 
+# --- 10: data on disk ---
+
+
+def digits_photos(root: Path, num_train: int, scale: tuple[float, float], held_out: int = 100) -> Path:
+    """A folder of the real digits as image files of every size, format and mode
+    (:func:`symtrain.data.photos.write_photo_folder`): ``num_train`` training files (the
+    training digits written as often as needed, each time at other sizes) and ``held_out``
+    validation and test files."""
+    from symtrain.data import MNIST5k
+    from symtrain.data.photos import write_photo_folder
+
+    digits = MNIST5k(root=str(ROOT / "data"))
+    digits.setup()
+    train = digits.splits["train"]
+    written, copy = 0, 0
+    while written < num_train:
+        count = min(len(train), num_train - written)
+        part = {"train": (train.images[:count], train.labels[:count])}
+        if copy == 0:
+            for name in ("val", "test"):
+                part[name] = (digits.splits[name].images[:held_out], digits.splits[name].labels[:held_out])
+        write_photo_folder(root, part, digits.class_names, seed=copy, scale=scale, prefix=f"c{copy}-")
+        written, copy = written + count, copy + 1
+    return root
+
+
+def tree_pss(pid: int) -> int:
+    """Bytes of memory the process ``pid`` and its descendants hold, each shared page counted
+    once among those sharing it (the proportional set size; RSS would count the forked loader
+    workers' shared pages once per worker)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:  # it ended meanwhile
+            continue
+        pending.extend(int(child) for child in children)
+    return total
+
+
+def peak_tree_memory(command: list[str], interval: float = 0.05) -> tuple[float, float]:
+    """Run ``command``; return its wall time and the peak of its process tree's memory."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_pss(process.pid))
+        time.sleep(interval)
+    if process.returncode != 0:
+        raise RuntimeError(process.stderr.read().decode()[-2000:])
+    return time.perf_counter() - start, float(peak)
+
+
+def streaming_memory(root: Path, sizes: Sizes) -> dict[str, Any]:
+    """Peak memory of a one-epoch streaming fit on the small and the large folder (every image
+    decoded in the loader's workers, two of them), and of the same fits held in memory."""
+    rows = []
+    for num_train in sizes.stream_train:
+        folder = digits_photos(root / f"photos{num_train}", num_train, scale=(1.0, 2.5))
+        for storage in ("stream", "memory"):
+            command = [
+                sys.executable, "-m", "symtrain", "fit", "--config", "configs/quickstart.yaml",
+                "--data", "ImageFolder", "--data.root", str(folder), "--data.image_size", "32",
+                "--data.channels", "1", "--data.storage", storage, "--data.num_workers", "2",
+                "--model.backbone.width", "8", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+                "--trainer.default_root_dir", str(root / "runs"), "--metrics.families", "[]",
+                "--run.test_after_fit", "false", "--run.wandb", "false", "--run.quiet", "true",
+            ]  # fmt: skip
+            seconds, peak = peak_tree_memory(command)
+            rows.append(
+                {"num_train": num_train, "storage": storage, "fit_s": seconds, "peak_mb": peak / 2**20}
+            )
+    return {"streaming_memory": rows}
+
+
+def loader_throughput(root: Path, sizes: Sizes) -> dict[str, Any]:
+    """Images/s of symtrain's streaming loader (ImageFolder, storage stream) against the loop
+    anyone would write with torchvision (its ImageFolder, PIL decoding, v2 resize and centre
+    crop, a DataLoader) over the same photo-sized files, with the same workers and batch size;
+    interleaved rounds, medians."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    from symtrain.data import ImageFolder
+
+    folder = digits_photos(root / "large_photos", sizes.photo_train, scale=(8.0, 14.0), held_out=10)
+    size, workers, batch_size = 64, 2, 64
+    data = ImageFolder(
+        str(folder), image_size=size, channels=3, storage="stream", num_workers=workers,
+        batch_size=batch_size, mean=[0.5] * 3, std=[0.25] * 3, val_fraction=0.0,
+    )  # fmt: skip
+    data.setup()
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    reference = torchvision.datasets.ImageFolder(str(folder / "train"), transform=transform)
+    loaders = {
+        "symtrain": data.train_dataloader(),
+        "torchvision": torch.utils.data.DataLoader(
+            reference, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True
+        ),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(sizes.rounds):
+        for name, loader in loaders.items():
+            start, count = time.perf_counter(), 0
+            for batch in loader:
+                count += len(batch[1])
+            rates[name].append(count / (time.perf_counter() - start))
+    symtrain_rate, torchvision_rate = median(rates["symtrain"]), median(rates["torchvision"])
+    return {
+        "stream_images_per_s": symtrain_rate,
+        "torchvision_folder_images_per_s": torchvision_rate,
+        "stream_over_torchvision": symtrain_rate / torchvision_rate,
+        "photo_files": len(reference),
+    }
+
+
+class _PerImage(torch.utils.data.Dataset):
+    """In-memory images through a per-image transform (what loader workers would run)."""
+
+    def __init__(self, images: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(self.images[index])
+
+
+def base_pipeline_placement(sizes: Sizes, batch_size: int = 128, workers: int = 2) -> dict[str, Any]:
+    """The base training pipeline (pad_crop + flip) on data held in memory: kornia over whole
+    batches where they lie (symtrain's choice) against torchvision v2 per image in loader
+    workers; images/s."""
+    from symtrain.data import SyntheticShapes
+    from symtrain.data.images import BasePipeline
+
+    data = SyntheticShapes(num_train=sizes.num_train)
+    data.setup()
+    images = data.splits["train"].images  # uint8 (N, 1, 32, 32)
+    pipeline = BasePipeline("pad_crop", flip=True)
+    batched = pipeline.batch_transform()
+    per_image = pipeline.image_transform(images.shape[-1], train=True, resize=False)
+    loader = torch.utils.data.DataLoader(
+        _PerImage(images, per_image), batch_size=batch_size, num_workers=workers, persistent_workers=True
+    )
+    device_rates, worker_rates = [], []
+    for _ in range(sizes.rounds):
+        start = time.perf_counter()
+        for first in range(0, len(images), batch_size):
+            batched(images[first : first + batch_size])
+        device_rates.append(len(images) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for _batch in loader:
+            pass
+        worker_rates.append(len(images) / (time.perf_counter() - start))
+    return {
+        "base_pipeline_batched_images_per_s": median(device_rates),
+        "base_pipeline_workers_images_per_s": median(worker_rates),
+    }
+
+
+def in_memory_loading(sizes: Sizes) -> dict[str, Any]:
+    """The in-memory fast path (the quickstart's shapes, the real digits): an epoch of its
+    training loader against an epoch of training steps, and against cutting the same batches
+    from the tensors by hand."""
+    from symtrain.data import MNIST5k, SyntheticShapes
+
+    rows = {}
+    for name, data in (
+        ("shapes", SyntheticShapes(num_train=sizes.num_train)),
+        ("digits", MNIST5k(root=str(ROOT / "data"))),
+    ):
+        data.setup()
+        split = data.splits["train"]
+        net = SymmetryModule(
+            partial(StandardCNN, width=16, depth=3), num_classes=data.num_classes,
+            in_channels=data.in_channels,
+        ).net  # fmt: skip
+        optimizer = torch.optim.AdamW(net.parameters())
+        loader_s, hand_s, step_s = [], [], []
+        for _ in range(sizes.rounds):
+            start = time.perf_counter()
+            batches = list(data.train_dataloader())
+            loader_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            order = torch.randperm(len(split))
+            cuts = [order[i : i + data.batch_size] for i in range(0, len(split), data.batch_size)]
+            by_hand = [(split.images[cut], split.labels[cut]) for cut in cuts]
+            hand_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for images, labels in by_hand[: sizes.steps]:
+                train_step(net, optimizer, images.float().div_(255), labels)
+            step_s.append((time.perf_counter() - start) / min(sizes.steps, len(by_hand)) * len(batches))
+        rows[name] = {
+            "loader_epoch_s": median(loader_s),
+            "by_hand_epoch_s": median(hand_s),
+            "loader_share_of_training_epoch": median(loader_s) / median(step_s),
+        }
+    return {"in_memory_loading": rows}
+
+
 # --- the report ---
 
 
@@ -822,6 +1059,33 @@ def report(results: dict[str, Any]) -> str:
         forked, fresh = results["compare_cell_startup_forked_s"], results["compare_cell_startup_fresh_s"]
         info("compare: start-up of a cell forked from the import server (s)", forked, "{:.2f}")
         info("compare: start-up of a cell in a new interpreter (s)", fresh, "{:.2f}")
+    if "stream_over_torchvision" in results:
+        files = results["photo_files"]
+        ratio = results["stream_over_torchvision"]
+        row(
+            f"streaming loader img/s / torchvision ImageFolder + DataLoader ({files} photos)",
+            ratio,
+            0.95,
+            True,
+        )
+    if "streaming_memory" in results:
+        peaks = {(r["storage"], r["num_train"]): r["peak_mb"] for r in results["streaming_memory"]}
+        small, large = sorted({r["num_train"] for r in results["streaming_memory"]})
+        growth = peaks["stream", large] - peaks["stream", small]
+        row(
+            f"streaming fit: peak memory at {large:,} images - at {small:,} (MB)",
+            growth,
+            200,
+            False,
+            "{:.0f}",
+        )
+        info(f"in-memory fit: peak memory at {large:,} images - at {small:,} (MB)",
+             peaks["memory", large] - peaks["memory", small], "{:.0f}")  # fmt: skip
+    for name, values in results.get("in_memory_loading", {}).items():
+        share = values["loader_share_of_training_epoch"]
+        row(f"in-memory loader ({name}): epoch of batches / epoch of training steps", share, 0.02, False)
+        info(f"in-memory loader ({name}): epoch of batches / the same batches cut by hand",
+             values["loader_epoch_s"] / values["by_hand_epoch_s"], "{:.2f}")  # fmt: skip
     lines.append("")
     if "fit_cost" in results:
         cost = results["fit_cost"]
@@ -839,6 +1103,25 @@ def report(results: dict[str, Any]) -> str:
         workers_rate = results["torchvision_workers_rotation_images_per_s"]
         rates = f"kornia {kornia_rate:,.0f} img/s, torchvision workers {workers_rate:,.0f} img/s"
         lines.append(f"rotation augmentation: {rates}")
+    if "streaming_memory" in results:
+        lines += ["", "| training files | storage | fit (s) | peak memory, process and workers (MiB) |",
+                  "|---:|---|---:|---:|"]  # fmt: skip
+        for r in results["streaming_memory"]:
+            lines.append(f"| {r['num_train']:,} | {r['storage']} | {r['fit_s']:.1f} | {r['peak_mb']:.0f} |")
+    if "base_pipeline_batched_images_per_s" in results:
+        batched, workers = (
+            results["base_pipeline_batched_images_per_s"],
+            results["base_pipeline_workers_images_per_s"],
+        )
+        lines.append(
+            f"base pipeline (pad_crop + flip) on data in memory: batched kornia {batched:,.0f} img/s, "
+            f"torchvision per image in 2 workers {workers:,.0f} img/s"
+        )
+    if "stream_images_per_s" in results:
+        lines.append(
+            f"photo loading: symtrain streaming {results['stream_images_per_s']:,.0f} img/s, torchvision "
+            f"ImageFolder {results['torchvision_folder_images_per_s']:,.0f} img/s"
+        )
     if "scaling" in results:
         lines += [
             "",
@@ -856,7 +1139,9 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "augmentation", "strategies", "escnn", "startup", "scaling", "cost", "backbones")
+SECTIONS = (
+    "overhead", "augmentation", "strategies", "escnn", "startup", "scaling", "cost", "backbones", "data"
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -911,6 +1196,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "backbones" in args.sections:
             results.update(resnet_overhead(root, accelerator, device, sizes))
             results.update(wide_resnet_rows(device, sizes))
+        if "data" in args.sections:
+            results.update(streaming_memory(root, sizes))
+            results.update(loader_throughput(root, sizes))
+            results.update(in_memory_loading(sizes))
+            results.update(base_pipeline_placement(sizes))
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

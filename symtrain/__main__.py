@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "predict": "save a checkpoint's predictions (predictions.pt in the run directory)",
     "compare": "train a backbone x strategy x seed study, then build its report",
     "report": "build the comparison report (tables, curves, HTML) of finished runs",
+    "data": "prepare data on disk: the real digits as image files, an image folder as shards",
 }
 
 _EXAMPLES = """\
@@ -65,9 +66,9 @@ def run() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The one dispatcher of symtrain's subcommands: the top-level help, ``compare`` and
-    ``report`` (symtrain's own, without importing Lightning's CLI: a report needs none of it),
-    and LightningCLI's fit, validate, test and predict."""
+    """The one dispatcher of symtrain's subcommands: the top-level help, ``compare``, ``report``
+    and ``data`` (symtrain's own, without importing Lightning's CLI: they need none of it), and
+    LightningCLI's fit, validate, test and predict."""
     argv = sys.argv[1:] if args is None else args
     if argv in (["-h"], ["--help"]):
         print_help()

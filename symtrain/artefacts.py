@@ -81,9 +81,12 @@ class RunArtefacts(pl.Callback):
             else None
             for name in ("best", "last")
         }
+        data = trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}
         return {
             "run_name": self.run_dir.name,
             **self.identity.as_dict(),
+            # What training images went through besides the strategy (flips are a symmetry).
+            "base_pipeline": data.get("base_pipeline", "none"),
             "params": module.num_params,
             "fit_seconds": self.fit_seconds,
             "seconds": self._seconds(trainer),
@@ -91,6 +94,7 @@ class RunArtefacts(pl.Callback):
             "curves": self._curves(trainer),
             "measures": self._measures(trainer, module),
             "families": self._families(trainer),
+            "data": data,
             "checkpoints": checkpoints,
         }
 

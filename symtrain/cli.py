@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, Trainer
@@ -102,6 +103,7 @@ class SymtrainCLI(LightningCLI):
         kwargs["default_root_dir"] = str(self.run_dir)
         if trainer_config.get("logger") in (None, True):
             data = self._get(self.config, "data").as_dict()
+            data["base_pipeline"] = self.datamodule.pipeline.name  # what training saw, at a glance
             kwargs["logger"] = run_loggers(self.run_dir, options, identity, self.model.num_params, data)
         kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *self._run_callbacks(identity)]
         if not any(isinstance(p, CheckpointIO) for p in trainer_config.get("plugins") or []):
@@ -131,8 +133,15 @@ class SymtrainCLI(LightningCLI):
 
     def _check_model_fits_data(self) -> None:
         """Only here do model and data meet: a backbone's exact claims may depend on the image
-        size, and segmentation needs masks."""
-        self.model.symmetry.check(self.model.net.backbone, self.datamodule.image_size)
+        size, its total stride must fit in the images, and segmentation needs masks."""
+        backbone, size = self.model.net.backbone, self.datamodule.image_size
+        if size < backbone.total_stride and not _runs_at(backbone, self.datamodule.in_channels, size):
+            raise SymtrainError(
+                f"data.image_size {size} is too small for {backbone.name} (total stride "
+                f"{backbone.total_stride}): its coarsest feature map would be empty; pass "
+                f"--data.image_size {backbone.total_stride} or more, or a shallower backbone"
+            )
+        self.model.symmetry.check(backbone, size)
         if self.model.segmentation:
             if not self.datamodule.has_masks:
                 raise SymtrainError(
@@ -214,6 +223,19 @@ class SymtrainCLI(LightningCLI):
             )
 
 
+def _runs_at(backbone: torch.nn.Module, channels: int, size: int) -> bool:
+    """Whether ``backbone`` maps one image of side ``size`` to a non-empty feature map (images
+    smaller than its total stride may still, through padding: ImageNet ResNets on 28 pixels)."""
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            return backbone.eval()(torch.zeros(1, channels, size, size)).numel() > 0
+    except RuntimeError:  # e.g. a pooling window larger than its input
+        return False
+    finally:
+        backbone.train(was_training)
+
+
 def user_error(error: BaseException | None) -> BaseException | None:
     """The user mistake behind ``error``, if any: jsonargparse wraps errors raised while it
     instantiates classes, so the chain of causes is searched."""
@@ -222,6 +244,26 @@ def user_error(error: BaseException | None) -> BaseException | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def error_line(mistake: BaseException) -> str:
+    """The one line a user mistake is reported with. A mistake found in a DataLoader worker (an
+    unreadable image) comes back re-raised with the worker's traceback in its message: its
+    own message is that traceback's last line.
+
+    Examples:
+        >>> error_line(SymtrainError("cannot read image 'a.jpg': replace it"))
+        "cannot read image 'a.jpg': replace it"
+        >>> worker = ["Caught X in DataLoader worker process 0.", "Traceback:", "symtrain.errors.X: bad file"]
+        >>> error_line(SymtrainError("\\n".join(worker)))
+        'bad file'
+    """
+    lines = [line for line in str(mistake).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(mistake).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].partition(": ")[2] or lines[-1]
+    return lines[0]
 
 
 def main(args: Any = None) -> None:
@@ -233,8 +275,7 @@ def main(args: Any = None) -> None:
         mistake = user_error(error)
         if mistake is None:
             raise
-        lines = str(mistake).strip().splitlines()
-        sys.stderr.write(f"symtrain: error: {lines[0] if lines else type(mistake).__name__}\n")
+        sys.stderr.write(f"symtrain: error: {error_line(mistake)}\n")
         sys.exit(2)
 
 

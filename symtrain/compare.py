@@ -402,11 +402,18 @@ def _parse(parser: ArgumentParser, args: list[str]) -> dict:
         raise SymtrainError(one_line_error(str(error))) from None
 
 
-COMMANDS = {"compare": compare_main, "report": report_main}
+def data_main(args: list[str]) -> None:
+    from symtrain.data.commands import data_main as main
+
+    main(args)
+
+
+COMMANDS = {"compare": compare_main, "report": report_main, "data": data_main}
 
 
 def run_command(args: list[str]) -> None:
-    """Run ``compare`` or ``report`` (``args[0]``); a user mistake ends in one line and exit code 2."""
+    """Run ``compare``, ``report`` or ``data`` (``args[0]``); a user mistake ends in one line and
+    exit code 2."""
     try:
         COMMANDS[args[0]](args[1:])
     except SymtrainError as error:

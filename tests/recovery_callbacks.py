@@ -3,6 +3,7 @@ tests (passed with ``--trainer.callbacks+=...``; ``tests/`` is put on ``PYTHONPA
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -51,3 +52,22 @@ class KillAtTest(Callback):
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordSamples(Callback):
+    """Writes which training images each step saw, one JSON line per step in
+    ``directory/rank<r>.jsonl``: images whose first two pixels spell their index (high and low
+    byte; tests/test_shards.py writes them) are named by it."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: object, *args: object
+    ) -> None:
+        images = batch[0]  # floats in [0, 1], (B, 1, H, W)
+        pixels = (images[:, 0, 0, :2] * 255).round().long()
+        ids = (pixels[:, 0] * 256 + pixels[:, 1]).tolist()
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "ids": ids}
+        with open(os.path.join(self.directory, f"rank{trainer.global_rank}.jsonl"), "a") as file:
+            file.write(json.dumps(record) + "\n")

@@ -271,7 +271,7 @@ def test_image_folder_loads_shapes_labels_and_channels(tmp_path: Path) -> None:
     write_folder(tmp_path, {"train": {"b": 3, "a": 2}, "val": {"a": 1}, "test": {"a": 1, "b": 2}})
     data = ImageFolder(str(tmp_path))
     assert data.class_names == ["a", "b"] and data.num_classes == 2
-    assert data.in_channels == 1 and data.image_size == 8 and data.mean == (0.5,)
+    assert data.in_channels == 1 and data.image_size == 8
     data.setup()
     train, val, test = (data.splits[name] for name in ("train", "val", "test"))
     assert train.images.shape == (5, 1, 8, 8) and train.images.dtype == torch.uint8
@@ -279,13 +279,17 @@ def test_image_folder_loads_shapes_labels_and_channels(tmp_path: Path) -> None:
     # b was written first (grey 40), a second (grey 80): labels follow sorted names.
     assert train.images[:, 0, 0, 0].tolist() == [80, 80, 40, 40, 40]
     assert val.labels.tolist() == [0] and test.labels.tolist() == [0, 1, 1]
+    # The statistics are the training images' own (all five read: fewer than the sample).
+    levels = torch.tensor([80.0, 80, 40, 40, 40]) / 255
+    assert data.mean[0] == pytest.approx(levels.mean().item(), abs=1e-4)
+    assert data.std[0] == pytest.approx(levels.std(unbiased=False).item(), abs=5e-4)
 
 
 def test_image_folder_colour_and_channel_override(tmp_path: Path) -> None:
     write_folder(tmp_path, {"train": {"a": 10}, "test": {"a": 1}}, mode="RGB")
     colour = ImageFolder(str(tmp_path), val_fraction=0.2)
     colour.setup()
-    assert colour.in_channels == 3 and colour.std == (0.25, 0.25, 0.25)
+    assert colour.in_channels == 3 and colour.mean == pytest.approx((40 / 255, 0, 200 / 255), abs=1e-4)
     assert colour.splits["train"].images.shape == (8, 3, 8, 8)
     assert colour.splits["val"].images.shape == (2, 3, 8, 8)
     assert colour.splits["test"].images[0, :, 0, 0].tolist() == [40, 0, 200]
@@ -313,7 +317,7 @@ def test_image_folder_layout_errors(tmp_path: Path) -> None:
 def test_image_folder_rejects_non_square_images(tmp_path: Path) -> None:
     write_folder(tmp_path, {"train": {"a": 1}, "test": {"a": 1}})
     Image.new("L", (8, 6)).save(tmp_path / "train" / "a" / "0.png")
-    with pytest.raises(SymtrainError, match="is 8x6: images must be square"):
+    with pytest.raises(SymtrainError, match="is 8x6: pass --data.image_size SIZE"):
         ImageFolder(str(tmp_path))
 
 
@@ -322,7 +326,7 @@ def test_image_folder_names_mismatched_and_corrupt_files(tmp_path: Path) -> None
     odd = tmp_path / "test" / "a" / "1.png"
     Image.new("L", (10, 10)).save(odd)
     data = ImageFolder(str(tmp_path))
-    with pytest.raises(SymtrainError, match="is 10x10 but .* is 8x8") as raised:
+    with pytest.raises(SymtrainError, match="is 10x10, not 8x8 .*--data.image_size") as raised:
         data.setup()
     assert str(odd) in str(raised.value)
 

@@ -458,12 +458,31 @@ def check_process_sections(figures: dict[str, Any], stdout: str) -> None:
     assert "real-digit fit" in stdout
 
 
-# The sections in four runs, so that the suite's workers share them.
+def check_data_sections(figures: dict[str, Any], stdout: str) -> None:
+    rows = figures["streaming_memory"]  # the small and the large folder, streamed and in memory
+    assert {(r["num_train"], r["storage"]) for r in rows} == {
+        (n, storage) for n in (100, 400) for storage in ("stream", "memory")
+    }
+    assert all(r["peak_mb"] > 100 and r["fit_s"] > 0 for r in rows)  # torch alone takes more
+    assert 0 < figures["stream_over_torchvision"] < 100 and figures["photo_files"] == 64
+    assert set(figures["in_memory_loading"]) == {"shapes", "digits"}
+    assert all(
+        0 < row["loader_share_of_training_epoch"] < 100 for row in figures["in_memory_loading"].values()
+    )
+    assert (
+        figures["base_pipeline_batched_images_per_s"] > 0
+        and figures["base_pipeline_workers_images_per_s"] > 0
+    )
+    assert "streaming loader img/s" in stdout and "| training files |" in stdout
+
+
+# The sections in five runs, so that the suite's workers share them.
 BENCHMARK_RUNS = {
     "fits": (("overhead", "scaling"), check_fit_sections),
     "steps": (("augmentation", "strategies", "escnn"), check_step_sections),
     "backbones": (("backbones",), check_backbone_sections),
     "processes": (("startup", "cost"), check_process_sections),
+    "data": (("data",), check_data_sections),
 }
 
 

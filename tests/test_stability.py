@@ -245,7 +245,7 @@ def test_r_f_against_the_formula_written_out() -> None:
     net = cnn(StandardCNN(1, width=4, depth=2))
     callback = EquivarianceMetrics([Shift(2)], measures=["diffeo"], draws=2, diffeo_delta=1.5, diffeo_cut=4)
     values = measure(net, split, callback)
-    images = split.images[callback._subsets[("test", id(split))]].float() / 255
+    images = callback._subsets[("test", id(split))].images.float() / 255
     batch = Batch(net, images, torch.zeros(6), False, 8, torch.arange(6), 6, 0)
     family = Diffeo(1.5, 4)
     with torch.no_grad():

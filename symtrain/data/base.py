@@ -1,19 +1,29 @@
-"""Base class for image data held in memory as tensors.
+"""Base class of the data modules, and the in-memory split (the fast path for small data).
 
-Every dataset symtrain ships is small enough to live in memory as uint8 tensors, so loading is
-never the bottleneck: a subclass only says how to produce its splits, this class does the
-rest (validation carve-out, loaders, the facts the model needs linked into it).
+A subclass says how to produce its splits, this class does the rest: the validation carve-out,
+the loaders, the base training pipeline, what a run records about its data, and the facts the
+model needs linked into it. A split is held in memory as uint8 tensors (:class:`Split`: the
+digits, the shapes, CIFAR-10, small folders) or read from disk as it is needed (a split of
+files or shards, for data that does not fit); each kind gives a map-style dataset, and this
+class batches it: in memory in one process as a plain loader (the fast path), otherwise in
+:class:`Batches` (every image once per epoch across processes, exact mid-epoch resumes).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from symtrain.data.images import BasePipeline, TrainTransform
+from symtrain.errors import SymtrainError
+from symtrain.metrics.subset import stratified_subset
 
 
 @dataclass
@@ -45,18 +55,54 @@ class Split:
             self.images[index], self.labels[index], None if self.masks is None else self.masks[index]
         )
 
+    def sample(self, count: int, seed: int) -> Split:
+        """A seeded, class-stratified subset of ``count`` images (what measurements read)."""
+        return self.subset(stratified_subset(self.labels, count, seed).to(self.labels.device))
+
+    def dataset(
+        self, pipeline: BasePipeline | None, with_masks: bool
+    ) -> tuple[Dataset, Callable[[Any], Any]]:
+        """The split as a dataset and its collate function: whole batches cut with one indexing
+        operation, put through ``pipeline``'s batch transform (None: as they are)."""
+        transform = pipeline.batch_transform() if pipeline is not None else None
+        return SplitDataset(self, with_masks, transform), keep_batch
+
+
+class SplitSource(Protocol):
+    """What the data module needs of a split, held in memory or read from disk: its size and
+    labels, a validation carve-out, a measured subset, and a dataset to load batches from."""
+
+    labels: Tensor
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: Tensor) -> SplitSource: ...
+
+    def sample(self, count: int, seed: int) -> Split: ...
+
+    def dataset(
+        self, pipeline: BasePipeline | None, with_masks: bool
+    ) -> tuple[Dataset, Callable[[Any], Any]]: ...
+
 
 class SplitDataset(Dataset):
     """Map-style view over a :class:`Split`: yields (image uint8 (C, H, W), label), and the
     mask (H, W) too when ``with_masks``.
 
     The DataLoader fetches a whole batch with one indexing operation (``__getitems__``)
-    instead of indexing and stacking sample by sample.
+    instead of indexing and stacking sample by sample; ``transform`` (the base training
+    pipeline's batch form) then acts on the batch where it lies, on the GPU for splits held there.
     """
 
-    def __init__(self, split: Split, with_masks: bool = False) -> None:
+    def __init__(
+        self,
+        split: Split,
+        with_masks: bool = False,
+        transform: Callable[..., tuple[Tensor, Tensor | None]] | None = None,
+    ) -> None:
         self.split = split
         self.with_masks = with_masks
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.split)
@@ -75,7 +121,138 @@ class SplitDataset(Dataset):
         # are copied there without blocking: a blocking copy from host memory waits for
         # everything queued on the device, a sync at every step.
         index = torch.as_tensor(indices)
-        return self._take(index.to(self.split.labels.device, non_blocking=True))
+        batch = self._take(index.to(self.split.labels.device, non_blocking=True))
+        if self.transform is None:
+            return batch
+        images, labels, *masks = batch
+        images, moved = self.transform(images, masks[0] if masks else None)
+        return (images, labels, moved) if masks else (images, labels)
+
+
+class Batches(IterableDataset):
+    """A map-style dataset as this process's batches, each collated in whichever loader worker
+    takes it (worker k takes batches k, k + workers, ...; the loader returns them in order).
+
+    Every epoch takes one order of all images (the indices in order, or for training a seeded
+    permutation), cuts it into one equal share per process and each share into as many batches
+    as the smallest share needs. So every image is read exactly once per epoch across the
+    processes, and every process takes the same number of batches: DDP's forward synchronises
+    at every batch, and a process with one batch more would wait forever. Batches hold
+    ``batch_size`` images, one more in rare cases.
+
+    Written here because the libraries' samplers repeat images to even out the processes'
+    shares (torch's DistributedSampler, Lightning's default), leave the rest out (litdata's
+    ``drop_last``: with few shards, the same images every epoch) or give the last process more
+    batches (Lightning's UnrepeatedDistributedSampler, litdata without ``drop_last``), and none
+    resumes a map-style dataset mid-epoch. Being iterable, Lightning leaves its sharding alone.
+
+    Args:
+        dataset: the split as a map-style dataset (batches fetched with ``__getitems__`` when
+            it has one).
+        collate: makes a batch of what the dataset returns.
+        batch_size: images per batch.
+        rank: this process.
+        world_size: processes.
+        seed: seeds the training order (with the epoch); None keeps the images in order.
+        blocks: sizes of consecutive runs of images stored together (shards): a training order
+            then permutes the runs and the images within each, so that a batch reads one run.
+
+    Examples:
+        >>> parts = [Batches(list(range(103)), list, 8, rank, 2) for rank in (0, 1)]
+        >>> [[len(batch) for batch in part] for part in parts]  # every image once, 7 batches each
+        [[8, 8, 8, 7, 7, 7, 7], [8, 8, 7, 7, 7, 7, 7]]
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        collate: Callable[[Any], Any],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int | None = None,
+        blocks: list[int] | None = None,
+    ) -> None:
+        self.dataset, self.collate = dataset, collate
+        self.rank, self.world_size, self.seed, self.blocks = rank, world_size, seed, blocks
+        self.count = len(dataset)  # type: ignore[arg-type]
+        if self.count < world_size:
+            raise SymtrainError(
+                f"a split of {self.count} image(s) cannot be shared by {world_size} processes: "
+                "use fewer processes or more images"
+            )
+        self.steps = max(1, math.ceil((self.count // world_size) / batch_size))
+        self.epoch, self.start = 0, 0  # which epoch to iterate, from which batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def order(self, epoch: int) -> Tensor:
+        """Every image's index, in epoch ``epoch``'s order (the same in every process)."""
+        if self.seed is None:
+            return torch.arange(self.count)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.blocks is None:
+            return torch.randperm(self.count, generator=generator)
+        starts = torch.tensor([0, *self.blocks]).cumsum(0)
+        runs = [starts[b] + torch.randperm(size, generator=generator) for b, size in enumerate(self.blocks)]
+        return torch.cat([runs[b] for b in torch.randperm(len(runs), generator=generator).tolist()])
+
+    def batches(self, epoch: int) -> list[Tensor]:
+        """This process's batches of epoch ``epoch``."""
+        share = self.order(epoch).tensor_split(self.world_size)[self.rank]
+        return list(share.tensor_split(self.steps))
+
+    def __iter__(self) -> Any:
+        worker = get_worker_info()
+        first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        fetch = getattr(self.dataset, "__getitems__", None)
+        for batch in self.batches(self.epoch)[self.start :][first::step]:
+            indices = batch.tolist()
+            yield self.collate(fetch(indices) if fetch else [self.dataset[i] for i in indices])
+
+
+class TrainingLoader(DataLoader):
+    """The loader of training :class:`Batches`, with a position (the epoch and the batches taken
+    in it) that the data module saves in every checkpoint, so that a fit resumed mid-epoch takes
+    the rest of that epoch's batches, neither repeating nor skipping any.
+
+    The data module's own checkpoint state carries it, not Lightning's state of stateful loaders:
+    Lightning restores that one only if the loader is first built after the checkpoint is read,
+    and a one-cycle schedule builds it earlier (``estimated_stepping_batches``).
+
+    Args:
+        batches: the epochs' batches.
+        num_workers: loader workers (started afresh each epoch, with that epoch's place).
+        current_epoch: the trainer's epoch (restored with the rest of a checkpoint); None counts
+            the iterations.
+    """
+
+    def __init__(
+        self, batches: Batches, num_workers: int, current_epoch: Callable[[], int] | None = None
+    ) -> None:
+        super().__init__(batches, batch_size=None, num_workers=num_workers)
+        self.current_epoch = current_epoch
+        self.epoch, self.taken = -1, 0
+
+    def __iter__(self) -> Any:
+        unfinished = 0 < self.taken < len(self)
+        # Without a trainer (a loader used on its own), each iteration is the next epoch.
+        epoch = self.current_epoch() if self.current_epoch else self.epoch + (0 if unfinished else 1)
+        resumed = epoch == self.epoch and self.taken < len(self)
+        self.epoch, self.taken = epoch, self.taken if resumed else 0
+        self.dataset.epoch, self.dataset.start = self.epoch, self.taken  # type: ignore[attr-defined]
+        for batch in super().__iter__():
+            self.taken += 1
+            yield batch
+
+    def position(self) -> dict[str, int]:
+        """Where training is: the epoch and the batches taken in it."""
+        return {"epoch": self.epoch, "taken": self.taken}
+
+    def resume_at(self, position: dict[str, int]) -> None:
+        """Continue from ``position`` (:meth:`position`, from a checkpoint)."""
+        self.epoch, self.taken = position["epoch"], position["taken"]
 
 
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -84,7 +261,7 @@ def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Base for in-memory image datasets.
+    """Base of the image data modules.
 
     Subclasses set ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``,
     ``class_names`` and ``name`` in ``__init__`` (the CLI links ``num_classes``,
@@ -102,6 +279,12 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: seed of the validation carve-out.
         on_device: when training on a GPU with ``num_workers=0``, copy the splits to it once
             in ``setup`` so batches are cut on the device and never cross the bus.
+        train_transform: the base training pipeline, before any symmetry strategy: ``none``,
+            ``pad_crop`` (pad 4 and crop, CIFAR's) or ``resized_crop`` (ImageNet's random
+            resized crop); see :class:`~symtrain.data.images.BasePipeline`.
+        train_flip: also flip training images horizontally at random in the base pipeline.
+            A flip is a symmetry under study: prefer a symmetry strategy; a run trained with it
+            records it (``summary.json``'s ``base_pipeline``, wandb, the report).
     """
 
     name: str = "data"
@@ -118,6 +301,10 @@ class ImageDataModule(pl.LightningDataModule):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str]
+    # Where the splits live (``memory``, ``stream``: files decoded in the loader's workers,
+    # ``shards``), and which split the test metrics come from.
+    storage: str = "memory"
+    test_split: str = "test"
 
     def __init__(
         self,
@@ -126,6 +313,8 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -133,11 +322,43 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.split_seed = split_seed
         self.on_device = on_device
-        self.splits: dict[str, Split] = {}
+        self.pipeline = BasePipeline(train_transform, train_flip)
+        self.splits: dict[str, SplitSource] = {}
+        self._training_loader: TrainingLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
-    def load_splits(self) -> dict[str, Split]:
+    def load_splits(self) -> dict[str, SplitSource]:
         """Return at least ``train`` and ``test`` splits (``val`` is optional)."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the data: where training is in its epoch (streamed and
+        sharded data, or under DDP), for an exact mid-epoch resume."""
+        loader = self._training_loader
+        return {"training_position": loader.position()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_position = state.get("training_position")
+        if self._training_loader is not None and self._resume_position is not None:
+            self._training_loader.resume_at(self._resume_position)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records about its data (``summary.json``'s ``data``): the base pipeline
+        training went through, the size, channels and statistics, where the splits lived and
+        how many images each held."""
+        return {
+            "name": self.name,
+            "base_pipeline": self.pipeline.name,
+            "train_transform": self.pipeline.train_transform,
+            "train_flip": self.pipeline.flip,
+            "image_size": self.image_size,
+            "channels": self.in_channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "storage": self.storage,
+            "test_split": self.test_split,
+            "sizes": {name: len(split) for name, split in self.splits.items()},
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -152,23 +373,47 @@ class ImageDataModule(pl.LightningDataModule):
             splits["train"] = train.subset(order[num_val:])
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if self.on_device and self.num_workers == 0 and device is not None and device.type != "cpu":
-            splits = {name: split.to(device) for name, split in splits.items()}
+            splits = {
+                name: split.to(device) if isinstance(split, Split) else split
+                for name, split in splits.items()
+            }
         self.splits = splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = SplitDataset(self.splits[split], with_masks=self.with_masks)
-        sampler = None
-        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Lightning's default DistributedSampler pads the last shard with repeated samples,
-            # which would count them twice in val/test metrics; this one neither pads nor drops.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        pipeline = self.pipeline if split == "train" else None
+        source = self.splits[split]
+        dataset, collate = source.dataset(pipeline, self.with_masks)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world_size = (
+            (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+        )
+        if shuffle and (distributed or not isinstance(source, Split)):
+            # Every image once per epoch in every process's share, and exact mid-epoch resumes.
+            # The run's seed (seed_everything) orders the epochs.
+            batches = Batches(
+                dataset, collate, self.batch_size, rank, world_size, seed=torch.initial_seed(),
+                blocks=getattr(source, "blocks", None),
+            )  # fmt: skip
+            epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+            self._training_loader = TrainingLoader(batches, self.num_workers, epoch)
+            if self._resume_position is not None:
+                self._training_loader.resume_at(self._resume_position)
+            return self._training_loader
+        if not shuffle and distributed:  # every image once, the same number of batches each
+            batches = Batches(dataset, collate, self.batch_size, rank, world_size)
+            return DataLoader(
+                batches,
+                batch_size=None,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        # In memory in one process (the fast path), and evaluation in one process.
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=keep_batch,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
 

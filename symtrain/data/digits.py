@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.images import TrainTransform
 from symtrain.data.synthetic import Orientation, check_orientations
 from symtrain.data.torchvision_sets import rotate_images
 from symtrain.errors import SymtrainError
@@ -118,6 +119,9 @@ class MNIST5k(ImageDataModule):
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> data = MNIST5k(image_size=29, test_orientation="any")
@@ -143,8 +147,12 @@ class MNIST5k(ImageDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(
+            batch_size, val_fraction, num_workers, split_seed, on_device, train_transform, train_flip
+        )
         if image_size < NATIVE_SIZE:
             raise SymtrainError(
                 f"data.image_size is {image_size}: MNIST5k pads its 28x28 digits, so pass 28 or more"

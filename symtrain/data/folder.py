@@ -1,28 +1,28 @@
-"""The user's own images, one directory per class, loaded into memory as uint8 tensors, with
-optional per-pixel masks for segmentation."""
+"""The user's own images, one directory per class (ImageNet's layout among them), held in memory
+when they fit and streamed from disk when they do not, with optional per-pixel masks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 
-from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.base import ImageDataModule, SplitSource
+from symtrain.data.files import Decoding, FileSplit
+from symtrain.data.images import GRAY_MODES, IMAGE_SUFFIXES, TrainTransform, list_images, probe_image
 from symtrain.errors import SymtrainError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-# PIL modes without colour; everything else is treated as colour.
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-def _images_in(directory: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in directory.iterdir()
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
+Storage = Literal["auto", "memory", "stream"]
+SPLITS = ("train", "val", "test")
+STATS_FILE = ".symtrain-stats.json"
+# Training images read to estimate the normalisation statistics: enough for 3 decimals.
+STATS_SAMPLE = 1000
+_SUFFIXES = "/".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -31,22 +31,29 @@ def _class_dirs(split_dir: Path) -> list[str]:
     )
 
 
-def _unreadable(path: Path, error: Exception) -> SymtrainError:
-    reason = " ".join(str(error).split())
-    return SymtrainError(f"cannot read image {str(path)!r} ({reason}): replace or delete the file")
+def default_workers() -> int:
+    """DataLoader workers that decode files: one per core this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 class ImageFolder(ImageDataModule):
-    """Images from disk, laid out as ``root/{train,val,test}/<class>/*.png|jpg|jpeg|bmp``.
+    """Images from disk, laid out as ``root/{train,val,test}/<class>/*`` (JPEG, PNG, BMP, WebP,
+    TIFF): your own photos, or ImageNet as it comes (``train/<wnid>/*.JPEG``, ``val/<wnid>/``).
 
     Class names are the sorted subdirectories of ``train``; ``val`` and ``test`` may lack a
-    class but not add one. ``val`` is optional (carved out of ``train`` when absent), ``test``
-    is required. Images must be square and all of the size of the first training image.
+    class but not add one. ``val`` is optional (carved out of ``train`` when absent); ``test``
+    is optional when ``val`` exists: the test metrics are then the validation split's, and
+    ``summary.json`` says so (``data.test_split: val``).
 
-    Construction only checks the layout and opens the first image, to learn the channels and
-    the size; :meth:`setup` reads every image. ``mean``/``std`` are fixed at 0.5/0.25 per
-    channel because the CLI links them into the model before any image is read; that keeps
-    inputs roughly centred with unit scale for typical photographs.
+    Every image is decoded upright (EXIF orientation applied) and converted to ``channels``
+    (grayscale, RGB, palette, RGBA, CMYK and 16-bit images included). With ``image_size`` S it
+    is brought to S x S as torchvision's recipes do for evaluation (shorter side resized to S,
+    centre crop); without, all images must already be square and of one size.
+
+    Small data is decoded once into memory (the fast path); data whose decoded size exceeds
+    ``memory_budget_mb`` is streamed: decoded in the DataLoader's workers as it is needed, with
+    a memory that does not grow with the number of images. ``storage`` forces either.
 
     For segmentation, ``masks_root`` mirrors the tree: the mask of ``root/train/cat/a.jpg`` is
     ``masks_root/train/cat/a.png``, a single-channel (grayscale or palette) PNG of the image's
@@ -54,31 +61,46 @@ class ImageFolder(ImageDataModule):
     :attr:`class_names` (counting from 1).
 
     Args:
-        root: directory holding ``train``, ``test`` and optionally ``val``.
+        root: directory holding ``train`` and ``test`` and/or ``val``.
+        image_size: side S of the square images the model sees (resize and centre crop); None
+            keeps the images as they are (all one square size).
         masks_root: directory of the masks (above); None for classification only.
         channels: 1 (grayscale) or 3 (RGB); every image is converted to it. By default
             grayscale when the first training image is, else RGB.
+        mean: per-channel mean of the images in [0, 1]; None estimates it from up to 1,000
+            seeded training images, once, and caches it in ``root/.symtrain-stats.json``.
+        std: per-channel standard deviation, likewise.
+        train_transform: the base training pipeline: ``none``, ``pad_crop`` or ``resized_crop``
+            (see :class:`~symtrain.data.images.BasePipeline`).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
+        storage: ``auto`` (memory when the decoded images fit ``memory_budget_mb``), ``memory``
+            or ``stream``.
+        memory_budget_mb: the decoded size up to which ``auto`` holds the images in memory.
+        skip_unreadable: leave out files that cannot be decoded (counted in ``summary.json``)
+            instead of stopping at the first one.
         batch_size: samples per batch.
         val_fraction: share of the training split used for validation when there is no
             ``val`` directory.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None: none in memory, one per core (at most
+            8) when decoding files.
         split_seed: seed of the validation carve-out.
-        on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        on_device: keep in-memory splits on the GPU when training on one (see ImageDataModule).
 
     Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from PIL import Image
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> for split, label in [("train", "cat"), ("train", "dog"), ("test", "cat")]:
+        >>> sizes = [("train", "cat", (8, 8)), ("train", "dog", (12, 9)), ("test", "cat", (9, 7))]
+        >>> for split, label, size in sizes:  # photos of any size: resized, centre-cropped
         ...     (Path(tmp.name) / split / label).mkdir(parents=True)
-        ...     Image.new("L", (8, 8)).save(Path(tmp.name) / split / label / "a.png")
-        >>> data = ImageFolder(tmp.name)
-        >>> data.class_names, data.in_channels, data.image_size
-        (['cat', 'dog'], 1, 8)
+        ...     Image.new("L", size, 100).save(Path(tmp.name) / split / label / "a.png")
+        >>> data = ImageFolder(tmp.name, image_size=6)
+        >>> data.class_names, data.in_channels, data.image_size, data.storage
+        (['cat', 'dog'], 1, 6, 'memory')
         >>> data.setup()
         >>> data.splits["test"].images.shape
-        torch.Size([1, 1, 8, 8])
+        torch.Size([1, 1, 6, 6])
         >>> tmp.cleanup()
     """
 
@@ -87,15 +109,23 @@ class ImageFolder(ImageDataModule):
     def __init__(
         self,
         root: str,
+        image_size: int | None = None,
         masks_root: str | None = None,
         channels: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
+        storage: Storage = "auto",
+        memory_budget_mb: float = 2048,
+        skip_unreadable: bool = False,
         batch_size: int = 128,
         val_fraction: float = 0.1,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         split_seed: int = 0,
         on_device: bool = True,
     ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(batch_size, val_fraction, 0, split_seed, on_device, train_transform, train_flip)
         self.root = root
         self.masks_root = masks_root
         self.has_masks = masks_root is not None
@@ -105,135 +135,159 @@ class ImageFolder(ImageDataModule):
                 f"train/<class>/<name>.png masks mirror the images"
             )
         base = Path(root)
+        self.files = self._list_files(base)
+        first = self.files["train"][0][0]
+        mode, (width, height) = probe_image(first)
+        if image_size is None and width != height:
+            raise SymtrainError(
+                f"image {str(first)!r} is {width}x{height}: pass --data.image_size SIZE to resize "
+                f"and centre-crop every image to SIZE x SIZE"
+            )
+        if image_size is not None and image_size < 1:
+            raise SymtrainError(f"data.image_size is {image_size}: pass a positive side in pixels")
+        if channels is None:
+            channels = 1 if mode in GRAY_MODES else 3
+        if channels not in (1, 3):
+            raise SymtrainError(f"data.channels is {channels}: pass 1 (grayscale) or 3 (RGB)")
+        self.in_channels = channels
+        self.image_size = height if image_size is None else image_size
+        self.num_classes = len(self.class_names)
+        self.decoding = Decoding(
+            channels, self.image_size, image_size is not None, skip_unreadable, masks_root, self.num_classes
+        )
+        count = sum(len(files) for files in self.files.values())
+        decoded_mb = count * channels * self.image_size**2 / 2**20
+        fits = decoded_mb <= memory_budget_mb
+        self.storage = storage if storage != "auto" else "memory" if fits else "stream"
+        if num_workers is None:  # in-memory batches are one indexing operation: no workers
+            num_workers = default_workers() if self.storage == "stream" else 0
+        self.num_workers = num_workers
+        self.test_split = "test" if self.files.get("test") else "val"
+        self._skipped_while_decoding = 0
+        if (mean is None) != (std is None):
+            raise SymtrainError("pass both data.mean and data.std, or neither (then both are estimated)")
+        if mean is not None and std is not None:
+            if len(mean) != channels or len(std) != channels or min(std) <= 0:
+                raise SymtrainError(
+                    f"data.mean and data.std need {channels} value(s) each, std positive: "
+                    f"got {mean} and {std}"
+                )
+            self.mean, self.std = tuple(mean), tuple(std)
+        else:
+            self.mean, self.std = self._statistics()
+
+    def _list_files(self, base: Path) -> dict[str, list[tuple[Path, int]]]:
+        """Every split's (image, label) pairs, checking the layout."""
         if not base.is_dir():
             raise SymtrainError(
                 f"data.root {str(base)!r} is not a directory: pass --data.root DIR holding "
-                f"train/<class>/ and test/<class>/ image folders"
+                f"train/<class>/ and test/<class>/ (or val/<class>/) image folders"
             )
-        for required in ("train", "test"):
-            if not (base / required).is_dir():
-                raise SymtrainError(
-                    f"{str(base / required)!r} does not exist: create it with one subdirectory "
-                    f"of images per class"
-                )
+        if not os.access(base, os.R_OK | os.X_OK):
+            raise SymtrainError(f"data.root {str(base)!r} cannot be read: give this user read access to it")
+        if not (base / "train").is_dir():
+            raise SymtrainError(
+                f"{str(base / 'train')!r} does not exist: create it with one subdirectory of images per class"
+            )
+        if not (base / "test").is_dir() and not (base / "val").is_dir():
+            raise SymtrainError(
+                f"{str(base / 'test')!r} does not exist: create it (or val/) with one subdirectory "
+                f"of images per class"
+            )
         self.class_names = _class_dirs(base / "train")
         if not self.class_names:
             raise SymtrainError(
                 f"{str(base / 'train')!r} has no class subdirectories: put each class's images "
                 f"in train/<class>/"
             )
-        for split in ("val", "test"):
-            if not (base / split).is_dir():
+        files: dict[str, list[tuple[Path, int]]] = {}
+        for split in SPLITS:
+            split_dir = base / split
+            if not split_dir.is_dir():
                 continue
-            extra = sorted(set(_class_dirs(base / split)) - set(self.class_names))
+            if not os.access(split_dir, os.R_OK | os.X_OK):
+                raise SymtrainError(f"{str(split_dir)!r} cannot be read: give this user read access to it")
+            present = _class_dirs(split_dir)
+            extra = sorted(set(present) - set(self.class_names))
             if extra:
                 raise SymtrainError(
-                    f"{str(base / split)!r} has classes {', '.join(extra)} that train does not: "
+                    f"{str(split_dir)!r} has classes {', '.join(extra)} that train does not: "
                     f"add them to train/ or remove them from {split}/"
                 )
-        train_images = {name: _images_in(base / "train" / name) for name in self.class_names}
-        empty = [name for name, paths in train_images.items() if not paths]
-        if empty:
-            raise SymtrainError(
-                f"class folders {', '.join(empty)} in {str(base / 'train')!r} hold no "
-                f"{'/'.join(IMAGE_SUFFIXES)} images: add some or remove the folders"
-            )
-        self._first = train_images[self.class_names[0]][0]
-        mode, (width, height) = self._probe(self._first)
-        if width != height:
-            raise SymtrainError(
-                f"image {str(self._first)!r} is {width}x{height}: images must be square for "
-                f"now, so crop or pad them to a square size"
-            )
-        if channels is None:
-            channels = 1 if mode in _GRAY_MODES else 3
-        if channels not in (1, 3):
-            raise SymtrainError(f"data.channels is {channels}: pass 1 (grayscale) or 3 (RGB)")
-        self.in_channels = channels
-        self.image_size = height
-        self.num_classes = len(self.class_names)
-        self.mean = (0.5,) * channels
-        self.std = (0.25,) * channels
+            per_class = {name: list_images(split_dir / name) for name in present}
+            empty = [name for name, paths in per_class.items() if not paths]
+            if empty:
+                raise SymtrainError(
+                    f"class folders {', '.join(empty)} in {str(split_dir)!r} hold no {_SUFFIXES} "
+                    f"images: add some or remove the folders"
+                )
+            label = {name: index for index, name in enumerate(self.class_names)}
+            files[split] = [(path, label[name]) for name, paths in per_class.items() for path in paths]
+        return files
 
-    @staticmethod
-    def _probe(path: Path) -> tuple[str, tuple[int, int]]:
-        """The PIL mode and (width, height) of an image, read from its header."""
+    def _split(self, name: str) -> FileSplit:
+        return FileSplit.of(self.root, self.files[name], self.decoding)
+
+    def _statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and standard deviation (over all pixels) of up to
+        :data:`STATS_SAMPLE` seeded training images as the model sees them (evaluation view),
+        cached beside the data under a key of the settings and the sampled files' names, sizes
+        and times (a changed file is a new key)."""
+        train = self._split("train")
+        generator = torch.Generator().manual_seed(0)
+        chosen = torch.randperm(len(train), generator=generator)[:STATS_SAMPLE].sort().values
+        sample = train.subset(chosen)
+        fingerprint = hashlib.sha1(f"{self.in_channels}:{self.image_size}:{self.decoding.resize}".encode())
+        for index in range(len(sample)):
+            state = os.stat(sample.path(index))
+            fingerprint.update(sample.paths[index] + f":{state.st_size}:{state.st_mtime_ns}".encode())
+        key = fingerprint.hexdigest()
+        cache = Path(self.root) / STATS_FILE
         try:
-            with Image.open(path) as image:
-                return image.mode, image.size
-        except (OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, error) from error
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if isinstance(cached, dict) and isinstance(cached.get(key), dict):
+            return tuple(cached[key]["mean"]), tuple(cached[key]["std"])
+        pixels = sample.decode(self.num_workers or default_workers(), with_masks=False).images
+        values = pixels.transpose(0, 1).flatten(1).double() / 255  # (C, N*S*S)
+        mean = tuple(round(v, 4) for v in values.mean(dim=1).tolist())
+        std = tuple(round(max(v, 1e-3), 4) for v in values.std(dim=1).tolist())
+        entries = cached if isinstance(cached, dict) else {}
+        entries[key] = {"mean": list(mean), "std": list(std), "images": len(pixels)}
+        try:  # read-only data: estimated again next time (bounded), nothing else changes
+            partial = cache.with_name(f"{STATS_FILE}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(entries, indent=1))
+            os.replace(partial, cache)
+        except OSError:
+            pass
+        return mean, std
 
-    def _read_image(self, path: Path) -> torch.Tensor:
-        """One image as uint8 (C, H, W), converted to the module's channels."""
-        expected = (self.image_size, self.image_size)
-        try:
-            with Image.open(path) as image:
-                if image.size != expected:
-                    raise SymtrainError(
-                        f"image {str(path)!r} is {image.size[0]}x{image.size[1]} but "
-                        f"{str(self._first)!r} is {expected[0]}x{expected[1]}: resize all "
-                        f"images to the same size"
-                    )
-                pixels = np.array(image.convert("L" if self.in_channels == 1 else "RGB"))
-        except (OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, error) from error
-        tensor = torch.from_numpy(pixels)  # (H, W) or (H, W, C)
-        if tensor.ndim == 2:
-            return tensor.unsqueeze(0)  # (1, H, W)
-        return tensor.permute(2, 0, 1)  # (C, H, W)
-
-    def _read_mask(self, image_path: Path, split: str) -> torch.Tensor:
-        """The mask of one image as int64 (H, W) class indices."""
-        path = Path(self.masks_root) / split / image_path.parent.name / f"{image_path.stem}.png"
-        if not path.is_file():
-            raise SymtrainError(
-                f"mask {str(path)!r} of image {str(image_path)!r} does not exist: every image needs "
-                f"a PNG mask under data.masks_root with the same relative path"
-            )
-        try:
-            with Image.open(path) as image:
-                pixels = np.array(image)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, error) from error
-        expected = (self.image_size, self.image_size)
-        if pixels.ndim != 2 or pixels.shape != expected:
-            raise SymtrainError(
-                f"mask {str(path)!r} has shape {pixels.shape}: masks must be single-channel "
-                f"{expected[0]}x{expected[1]} PNGs of class indices, like their images"
-            )
-        if pixels.max() > self.num_classes:
-            raise SymtrainError(
-                f"mask {str(path)!r} holds value {int(pixels.max())} but there are "
-                f"{self.num_classes} classes: use 0 for background and 1..{self.num_classes} "
-                f"for {', '.join(self.class_names)}"
-            )
-        return torch.from_numpy(pixels.astype(np.int64))
-
-    def _load_split(self, split: str) -> Split:
-        files: list[tuple[Path, int]] = []
-        split_dir = Path(self.root) / split
-        for label, class_name in enumerate(self.class_names):
-            class_dir = split_dir / class_name
-            if class_dir.is_dir():
-                files.extend((path, label) for path in _images_in(class_dir))
-        if not files:
-            raise SymtrainError(
-                f"{str(split_dir)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images in its class "
-                f"directories: add images to {split}/<class>/"
-            )
-        size = self.image_size
-        images = torch.empty(len(files), self.in_channels, size, size, dtype=torch.uint8)
-        for index, (path, _) in enumerate(files):
-            images[index] = self._read_image(path)
-        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        if self.masks_root is None:
-            return Split(images, labels)
-        masks = torch.stack([self._read_mask(path, split) for path, _ in files])  # (N, H, W)
-        return Split(images, labels, masks)
-
-    def load_splits(self) -> dict[str, Split]:
-        splits = {split: self._load_split(split) for split in ("train", "test")}
-        if (Path(self.root) / "val").is_dir():
-            splits["val"] = self._load_split("val")
+    def load_splits(self) -> dict[str, SplitSource]:
+        files = {name: self._split(name) for name in self.files}
+        splits: dict[str, SplitSource] = dict(files)
+        if self.storage == "memory":
+            workers = self.num_workers or default_workers()
+            splits = {name: split.decode(workers, self.has_masks) for name, split in files.items()}
+            self._skipped_while_decoding = sum(int(split.skipped.sum()) for split in files.values())
+        if "test" not in splits:
+            splits["test"] = splits["val"]
+            rank_zero_info(f"{self.root!r} has no test/ folder: the test metrics are the val split's")
         return splits
+
+    def describe(self) -> dict[str, Any]:
+        skipped = sum(int(split.skipped.sum()) for split in self._file_splits())
+        return {**super().describe(), "skipped_unreadable": skipped + self._skipped_while_decoding}
+
+    def _file_splits(self) -> list[FileSplit]:
+        """The splits read from disk, each once (the test split may be the val split)."""
+        unique = {id(split): split for split in self.splits.values() if isinstance(split, FileSplit)}
+        return list(unique.values())
+
+    def teardown(self, stage: str) -> None:
+        # Each process flags the unreadable files its own share met: the run counts them all.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for split in self._file_splits():
+                flags = split.skipped.clone()
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                split.skipped.copy_(flags)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.images import TrainTransform
 from symtrain.errors import SymtrainError
 
 TRAIN_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
@@ -66,6 +67,9 @@ class MNISTRot(ImageDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> MNISTRot(root="no/such/dir")  # doctest: +ELLIPSIS
@@ -83,8 +87,10 @@ class MNISTRot(ImageDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_fraction=0.0, num_workers=num_workers, on_device=on_device)
+        super().__init__(batch_size, 0.0, num_workers, 0, on_device, train_transform, train_flip)
         self.root = root
         folder = Path(root).absolute()
         missing = [name for name in (TRAIN_FILE, TEST_FILE) if not (folder / name).is_file()]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.images import TrainTransform
 from symtrain.errors import SymtrainError
 
 Orientation = Literal["upright", "rot90", "any"]
@@ -279,6 +280,9 @@ class SyntheticShapes(ImageDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> data = SyntheticShapes(num_train=8, num_val=4, num_test=4, image_size=16,
@@ -310,8 +314,10 @@ class SyntheticShapes(ImageDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, on_device=on_device)
+        super().__init__(batch_size, 0.1, num_workers, 0, on_device, train_transform, train_flip)
         for arg, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise SymtrainError(f"data.{arg} is {value}: pass a positive number of images")

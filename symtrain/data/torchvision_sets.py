@@ -16,6 +16,7 @@ import torchvision
 from torch import Tensor
 
 from symtrain.data.base import ImageDataModule, Split
+from symtrain.data.images import TrainTransform
 from symtrain.errors import SymtrainError
 from symtrain.transforms import Rotation
 
@@ -72,8 +73,12 @@ class _TorchvisionData(ImageDataModule):
         num_workers: int,
         split_seed: int,
         on_device: bool,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(
+            batch_size, val_fraction, num_workers, split_seed, on_device, train_transform, train_flip
+        )
         self.root = root
         self.download = download
         # Checked now rather than in setup so a run fails before any logger or model exists.
@@ -146,6 +151,9 @@ class MNIST(_TorchvisionData):
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> data = MNIST(root="data", download=True)  # downloads only in prepare_data/setup
@@ -168,8 +176,20 @@ class MNIST(_TorchvisionData):
         num_workers: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(
+            root,
+            download,
+            batch_size,
+            val_fraction,
+            num_workers,
+            split_seed,
+            on_device,
+            train_transform,
+            train_flip,
+        )
         self.num_classes = 10
         self.in_channels = 1
         self.image_size = 28
@@ -198,6 +218,9 @@ class RotatedMNIST(MNIST):
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> data = RotatedMNIST(root="data", download=True)
@@ -217,8 +240,20 @@ class RotatedMNIST(MNIST):
         num_workers: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(
+            root,
+            download,
+            batch_size,
+            val_fraction,
+            num_workers,
+            split_seed,
+            on_device,
+            train_transform,
+            train_flip,
+        )
         self.seed = seed
 
     def load_splits(self) -> dict[str, Split]:
@@ -245,6 +280,9 @@ class CIFAR10(_TorchvisionData):
         num_workers: DataLoader worker processes.
         split_seed: seed of the validation carve-out.
         on_device: keep the splits on the GPU when training on one (see ImageDataModule).
+        train_transform: the base training pipeline (``none``, ``pad_crop``, ``resized_crop``;
+            see ImageDataModule).
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
 
     Examples:
         >>> data = CIFAR10(root="data", download=True)
@@ -271,8 +309,20 @@ class CIFAR10(_TorchvisionData):
         num_workers: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
     ) -> None:
-        super().__init__(root, download, batch_size, val_fraction, num_workers, split_seed, on_device)
+        super().__init__(
+            root,
+            download,
+            batch_size,
+            val_fraction,
+            num_workers,
+            split_seed,
+            on_device,
+            train_transform,
+            train_flip,
+        )
         self.num_classes = 10
         self.in_channels = 3
         self.image_size = 32

@@ -18,7 +18,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from symtrain.metrics.base import Batch, Measure, Record, Settings, measures_for
-from symtrain.metrics.subset import stratified_subset
 from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
 
 
@@ -86,7 +85,7 @@ class EquivarianceMetrics(pl.Callback):
         self.curves: dict[str, dict[str, list[float]]] = {}
         # Wall-clock seconds spent measuring, per stage (``val``, ``test``): what a run pays for them.
         self.seconds: dict[str, float] = defaultdict(float)
-        self._subsets: dict[tuple[str, int], Tensor] = {}
+        self._subsets: dict[tuple[str, int], Any] = {}
 
     def chosen(self, task: str) -> list[Measure]:
         """The measures of ``task`` this callback runs."""
@@ -118,12 +117,15 @@ class EquivarianceMetrics(pl.Callback):
         count = min(self.test_num_samples if stage == "test" else self.num_samples, len(split))
         key = (stage, id(split))
         if key not in self._subsets:
-            self._subsets[key] = stratified_subset(split.labels, count, self.settings.seed)
+            # The split picks it (decoding it, for splits read from disk): once per run.
+            self._subsets[key] = split.sample(count, self.settings.seed)
+        subset = self._subsets[key]
+        count = len(subset)
         # Each process measures its own share of the same fixed subset.
         positions = torch.arange(trainer.global_rank, count, trainer.world_size)
-        index = self._subsets[key][positions]
-        images = split.images[index].to(device).float().div_(255)  # (N, C, H, W) in [0, 1]
-        targets = split.masks[index] if segmentation else split.labels[index]  # (N, H, W) or (N,)
+        index = positions.to(subset.labels.device)
+        images = subset.images[index].to(device).float().div_(255)  # (N, C, H, W) in [0, 1]
+        targets = subset.masks[index] if segmentation else subset.labels[index]  # (N, H, W) or (N,)
         return images, targets.to(device).long(), positions, count
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:

@@ -39,6 +39,12 @@ class Approach:
     name: str
     runs: list[Run] = field(default_factory=list)
 
+    @property
+    def base_pipeline(self) -> str:
+        """What the runs' training images went through besides the strategy (``none``,
+        ``pad_crop``, ``resized_crop``, ``+flip``); runs from before it was recorded had none."""
+        return " / ".join(dict.fromkeys(run.summary.get("base_pipeline", "none") for run in self.runs))
+
     def values(self, key: str) -> list[float]:
         """The finite values of a metric (or a top-level summary number such as ``params``), one
         per run that has it."""

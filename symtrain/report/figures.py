@@ -239,14 +239,16 @@ _VIEWS = [
 
 
 def _test_images(run_dir: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The first test images of the run's own data, rebuilt from its config.yaml."""
+    """Test images of the run's own data (a seeded, class-stratified few), rebuilt from its
+    config.yaml."""
     data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     module_name, _, class_name = data["class_path"].rpartition(".")
     datamodule = getattr(importlib.import_module(module_name), class_name)(**data.get("init_args", {}))
     datamodule.setup("test")
     split = datamodule.splits["test"]
     names = list(getattr(datamodule, "class_names", None) or range(int(split.labels.max()) + 1))
-    return split.images[:count].float() / 255, split.labels[:count], [str(n) for n in names]
+    shown = split.sample(count, seed=0)  # one image per class where it can (decoded if streamed)
+    return shown.images.float() / 255, shown.labels, [str(n) for n in names]
 
 
 def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Path | None, str | None]:

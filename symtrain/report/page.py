@@ -66,13 +66,15 @@ def tables(
     first = ["approach", "seeds"]
     names = [[a.name, str(len(a.runs))] for a in approaches]
     accuracy = (
-        f"Test {task.score_label} (%), upright and under each family; parameters and training time",
-        [*first, "upright", *families, "params", "fit (s)"],
+        f"Test {task.score_label} (%), upright and under each family; the base training pipeline "
+        "(crops, and flips when not left to a strategy), parameters and training time",
+        [*first, "upright", *families, "base pipeline", "params", "fit (s)"],
         [
             [
                 *n,
                 _cell(a, f"test/{task.score}", 100),
                 *(_cell(a, f"test/equiv/{f}/{task.score}", 100) for f in families),
+                a.base_pipeline,
                 f"{int(a.values('params')[0]):,}" if a.values("params") else "",
                 _cell(a, "fit_seconds", digits=0) or "n/a",
             ]

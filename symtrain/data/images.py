@@ -1,0 +1,199 @@
+"""Image files as the model sees them, and the base (non-symmetry) training pipeline.
+
+Decoding is PIL's (JPEG, PNG, BMP, WebP, TIFF, ...), with the EXIF orientation applied and every
+mode brought to the run's channels; resizing and cropping are torchvision's (``transforms.v2``)
+for one decoded image in a DataLoader worker, and kornia's for a batch already held in memory.
+
+The base pipeline is what training images go through *before* a symmetry strategy sees them:
+the papers' random crops (CIFAR's pad-4 crop, ImageNet's random resized crop) and, only when
+asked for, horizontal flips. A flip is one of the symmetries symtrain measures, so it is never
+implied: it is a named option, recorded with the run.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from symtrain.errors import SymtrainError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# PIL modes without colour; everything else is treated as colour.
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Integer modes wider than 8 bits (16-bit PNGs and TIFFs open as one of these).
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+TrainTransform = Literal["none", "pad_crop", "resized_crop"]
+CROP_PADDING = 4  # CIFAR's pad-and-crop (He et al. 2016; Zhang 2019)
+
+
+class UnreadableImage(SymtrainError):
+    """An image file that cannot be decoded (truncated, empty, or not an image at all)."""
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files directly in ``directory`` (any of :data:`IMAGE_SUFFIXES`, in any case:
+    ImageNet's are ``.JPEG``), sorted, hidden files left out."""
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def unreadable(path: str | Path, error: BaseException) -> UnreadableImage:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return UnreadableImage(
+        f"cannot read image {str(path)!r} ({reason}): replace or delete the file, or pass "
+        f"--data.skip_unreadable true to leave such files out (counted in summary.json)"
+    )
+
+
+def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
+    """The PIL mode and the (width, height) an image has once its EXIF orientation is applied,
+    read from its header."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            # Orientations 5..8 turn the image by a quarter: width and height swap.
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return image.mode, (width, height)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise unreadable(path, error) from error
+
+
+def _pixels(image: Image.Image, channels: int) -> np.ndarray:
+    """The image as uint8 (H, W) or (H, W, 3). PIL's own conversion clips 16-bit values to 255,
+    so wide integer modes are scaled (0..65535 -> 0..255) here."""
+    if image.mode in _WIDE_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if wide.max(initial=0) > 255 else 1.0
+        gray = (wide / scale).round().clip(0, 255).astype(np.uint8)
+        return gray if channels == 1 else np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return np.array(image.convert("L" if channels == 1 else "RGB"))
+
+
+def read_image(path: str | Path, channels: int, encoded: bytes | None = None) -> Tensor:
+    """Decode one image file to uint8 (C, H, W) with ``channels`` channels (1 or 3), upright
+    (EXIF orientation applied), whatever its format and mode (grayscale, RGB, palette, RGBA,
+    CMYK, 16-bit); an alpha channel is dropped, as torchvision's readers drop it. ``encoded``:
+    the file's bytes, already read (from a shard); ``path`` then only names it.
+
+    Raises:
+        UnreadableImage: naming the file, when it cannot be decoded (truncated, empty, not an image).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "wide.png"
+        >>> Image.new("RGB", (5, 3), (255, 0, 0)).save(path)
+        >>> read_image(path, 3).shape, read_image(path, 1)[0, 0, 0].item()  # (C, H, W); red's luma
+        (torch.Size([3, 3, 5]), 76)
+    """
+    try:
+        with Image.open(path if encoded is None else io.BytesIO(encoded)) as image:
+            ImageOps.exif_transpose(image, in_place=True)
+            pixels = _pixels(image, channels)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise unreadable(path, error) from error
+    tensor = torch.from_numpy(pixels)
+    # (H, W, C) viewed as (C, H, W), not copied: torch's uint8 transpose copy costs more than the
+    # decoding, and the resize that follows prefers this (channels-last) layout.
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class BasePipeline:
+    """The training images' base transformation, before any symmetry strategy.
+
+    Args:
+        train_transform: ``none`` (the evaluation view: shorter side resized to the image size,
+            centre crop), ``pad_crop`` (that view, zero-padded by 4 pixels and randomly cropped
+            back: CIFAR's recipe) or ``resized_crop`` (torchvision's ``RandomResizedCrop``: a
+            random 8-100% area and 3/4-4/3 aspect ratio, resized to the image size: ImageNet's).
+        flip: also flip each training image horizontally with probability 1/2. A flip is a
+            symmetry symtrain measures; a run trained with it says so.
+
+    Examples:
+        >>> BasePipeline().name, BasePipeline("pad_crop", flip=True).name
+        ('none', 'pad_crop+flip')
+        >>> images = torch.randint(0, 256, (2, 1, 6, 6), dtype=torch.uint8)
+        >>> BasePipeline("pad_crop").batch_transform()(images)[0].shape
+        torch.Size([2, 1, 6, 6])
+    """
+
+    train_transform: TrainTransform = "none"
+    flip: bool = False
+
+    @property
+    def name(self) -> str:
+        """What training saw: ``none``, ``pad_crop``, ``resized_crop``, with ``+flip`` when flipped."""
+        parts = [self.train_transform] if self.train_transform != "none" or not self.flip else []
+        return "+".join([*parts, "flip"] if self.flip else parts)
+
+    def batch_transform(self) -> Callable[..., tuple[Tensor, Tensor | None]] | None:
+        """For uint8 batches (B, C, S, S) held in memory at the final size: kornia, with one
+        random draw per image, on whatever device the batch is on; masks (B, H, W) follow their
+        images (nearest neighbour). None when training images are used as they are."""
+        if self.train_transform == "none" and not self.flip:
+            return None
+        return _KorniaBatch(self)
+
+    def image_transform(self, size: int, train: bool, resize: bool = True) -> Callable[..., object]:
+        """For one decoded image (C, H, W) (and its mask): torchvision's v2 pipeline to ``size`` x
+        ``size``. Evaluation resizes the shorter side to ``size`` and crops the centre (``resize``
+        false: the image already is ``size`` x ``size``); ``train`` adds the random steps, with
+        ``resized_crop`` cropping the original image rather than the evaluation view."""
+        from torchvision.transforms import v2
+
+        if train and self.train_transform == "resized_crop":
+            steps: list[object] = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True)]
+        else:
+            steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if resize else []
+            if train and self.train_transform == "pad_crop":
+                steps.append(v2.RandomCrop(size, padding=CROP_PADDING))
+        if train and self.flip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        return v2.Compose(steps) if steps else v2.Identity()
+
+
+class _KorniaBatch:
+    """The base pipeline over uint8 batches at their own size (masks with them), with kornia's
+    per-image random draws: one ``AugmentationSequential`` per image size and mask use."""
+
+    def __init__(self, pipeline: BasePipeline) -> None:
+        self.pipeline = pipeline
+        self._built: dict[tuple[int, int, bool], object] = {}
+
+    def _sequence(self, size: tuple[int, int], masks: bool) -> object:
+        key = (*size, masks)
+        if key not in self._built:
+            import kornia.augmentation as K
+
+            steps = []
+            if self.pipeline.train_transform == "pad_crop":
+                steps.append(K.RandomCrop(size, padding=CROP_PADDING, p=1.0))
+            elif self.pipeline.train_transform == "resized_crop":
+                steps.append(K.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))
+            if self.pipeline.flip:
+                steps.append(K.RandomHorizontalFlip(p=0.5))
+            keys = ["input", "mask"] if masks else ["input"]
+            self._built[key] = K.AugmentationSequential(*steps, data_keys=keys)
+        return self._built[key]
+
+    def __call__(self, images: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        sequence = self._sequence(tuple(images.shape[-2:]), masks is not None)
+        floats = images.float()  # uint8 (B, C, H, W) -> floats in 0..255: crops and flips stay exact
+        if masks is None:
+            return sequence(floats).round_().clamp_(0, 255).to(torch.uint8), None
+        moved, moved_masks = sequence(floats, masks[:, None].float())  # masks (B, H, W) -> (B, 1, H, W)
+        return moved.round_().clamp_(0, 255).to(torch.uint8), moved_masks[:, 0].round().to(masks.dtype)

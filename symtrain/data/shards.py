@@ -1,0 +1,352 @@
+"""Image shards: a folder converted once into Lightning's litdata chunks and read from them,
+for clusters (one sequential read per chunk rather than a file open per image), shared or
+network file systems, and object stores (litdata downloads and caches the chunks).
+
+    python -m symtrain data shards --root DIR --out SHARDS --image_size 64
+    python -m symtrain fit --config configs/quickstart.yaml --config configs/data/shards.yaml \
+                           --data.root SHARDS
+
+``SHARDS/{train,val,test}/`` are litdata datasets (``index.json`` and ``chunk-*.bin``) holding
+each image's file bytes as they were (no re-encoding: decoding is the same as from the folder),
+its label and its name; ``SHARDS/symtrain-shards.json``, written last, says what they are (the
+classes, channels, size and statistics, each split's labels). The validation split is carved
+out of ``train`` at conversion when the folder has no ``val/``, as :class:`ImageFolder` carves
+it, and the training images are stored in a seeded random order, so that every chunk holds a
+fair sample of the classes.
+
+Reading goes through litdata's ``StreamingDataset`` by index; the training epochs are
+:class:`~symtrain.data.base.Batches`: each epoch permutes the chunks and the images
+within each (a batch reads one chunk), every image is seen once per epoch, under DDP every
+process takes the same number of steps, and a fit resumed from a mid-epoch checkpoint takes the
+rest of that epoch's batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import litdata
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_info
+from litdata.streaming.writer import BinaryWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from symtrain.data.base import ImageDataModule, Split, SplitSource
+from symtrain.data.files import FileSplit, collate_images, collate_split
+from symtrain.data.folder import ImageFolder, default_workers
+from symtrain.data.images import BasePipeline, TrainTransform, UnreadableImage, read_image
+from symtrain.errors import SymtrainError
+from symtrain.metrics.subset import stratified_subset
+
+SHARDS_FILE = "symtrain-shards.json"
+FORMAT = "symtrain-shards/1"
+_CONVERT = "python -m symtrain data shards --root FOLDER --out DIR"
+
+# Expected by design: validation and test read every image once (no dropping), and litdata's
+# dataset has a length although it is iterable.
+warnings.filterwarnings("ignore", message=r".*disabled the `drop_last` option.*")
+warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined.*")
+
+
+def _sample(item: tuple[str, int, str]) -> dict[str, Any]:
+    """One shard sample: the image file's bytes, its label and its name."""
+    path, label, name = item
+    return {"image": Path(path).read_bytes(), "label": label, "name": name}
+
+
+def _unreadable_files(split: FileSplit, num_workers: int) -> list[str]:
+    """Decode every image of ``split`` once (in the loader's workers), keeping nothing; return
+    the names of those that do not decode."""
+    dataset, _ = split.dataset(None, with_masks=False)
+    for _ in DataLoader(dataset, batch_size=64, num_workers=num_workers, collate_fn=_keep_nothing):
+        pass
+    return [split.paths[index].decode() for index in split.skipped.nonzero()[:, 0].tolist()]
+
+
+def _keep_nothing(items: list[Any]) -> int:
+    return len(items)
+
+
+def write_shards(
+    root: str,
+    out: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    skip_unreadable: bool = False,
+    chunk_bytes: str = "32MB",
+    num_workers: int | None = None,
+) -> Path:
+    """Convert the image folder ``root`` (:class:`ImageFolder`'s layout) into shards in ``out``.
+
+    Every image is decoded once first, so that a file that does not decode is named now rather
+    than mid-training (or, with ``skip_unreadable``, left out and counted).
+
+    Returns:
+        ``out``.
+    """
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise SymtrainError(f"--out {out!r} exists and is not an empty directory: pass a new directory")
+    workers = num_workers or default_workers()
+    folder = ImageFolder(
+        root, image_size=image_size, channels=channels, storage="stream", skip_unreadable=True,
+        val_fraction=val_fraction, split_seed=split_seed, num_workers=workers,
+    )  # fmt: skip
+    folder.setup()
+    splits = {
+        name: split for name, split in folder.splits.items() if name != "test" or folder.test_split == "test"
+    }
+    skipped: dict[str, list[str]] = {}
+    for name, split in splits.items():
+        bad = _unreadable_files(split, workers)
+        if bad and not skip_unreadable:
+            raise SymtrainError(
+                f"{len(bad)} image(s) in {root!r} cannot be decoded, e.g. {bad[0]!r}: replace or delete "
+                f"them, or pass --skip_unreadable true to leave them out of the shards"
+            )
+        skipped[name] = bad
+    meta_splits = {}
+    for name, split in splits.items():
+        keep = [index for index in range(len(split)) if not split.skipped[index]]
+        if name == "train":  # chunks of one class would make batches of one class
+            generator = torch.Generator().manual_seed(split_seed)
+            keep = [keep[i] for i in torch.randperm(len(keep), generator=generator).tolist()]
+        # litdata's chunk writer, in this process: the work is reading files' bytes (no decoding,
+        # no re-encoding), which extra processes would not speed up.
+        writer = BinaryWriter(str(target / name), chunk_bytes=chunk_bytes)
+        for position, index in enumerate(keep):
+            writer[position] = _sample(
+                (split.path(index), int(split.labels[index]), split.paths[index].decode())
+            )
+        writer.done()
+        writer.merge()
+        meta_splits[name] = {"count": len(keep), "labels": [int(split.labels[index]) for index in keep]}
+    meta = {
+        "format": FORMAT,
+        "source": os.path.abspath(root),
+        "class_names": folder.class_names,
+        "channels": folder.in_channels,
+        "image_size": folder.image_size,
+        "resize": folder.decoding.resize,
+        "mean": list(folder.mean),
+        "std": list(folder.std),
+        "test_split": folder.test_split,
+        "skipped_unreadable": sum(len(bad) for bad in skipped.values()),
+        "splits": meta_splits,
+    }
+    partial = target / f"{SHARDS_FILE}.tmp"
+    partial.write_text(json.dumps(meta))
+    os.replace(partial, target / SHARDS_FILE)  # last: a folder without it is an unfinished conversion
+    return target
+
+
+def shards_parser():  # noqa: ANN201  (jsonargparse is imported by the command only)
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(description="convert an image folder into litdata shards")
+    parser.add_function_arguments(write_shards)
+    return parser
+
+
+class ShardReader(litdata.StreamingDataset):
+    """litdata's ``StreamingDataset`` over one split's shards, read by index (chunks are memory
+    mapped, or downloaded and cached from an object store), each sample decoded in the worker
+    that reads it."""
+
+    def __init__(self, split: ShardSplit, transform: Any) -> None:
+        super().__init__(str(split.directory))
+        self.split = split
+        self.image_transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)  # all of it: litdata's own length is this process's share under DDP
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...] | None:
+        return self.split.item(super().__getitem__(index), index, self.image_transform)
+
+
+class ShardSplit:
+    """One split of a shards directory: its labels (from ``symtrain-shards.json``), streamed
+    through litdata, and decoded with the folder's decoding."""
+
+    def __init__(self, directory: Path, labels: list[int], data: ImageShards) -> None:
+        self.directory = directory
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.channels, self.size, self.resize = data.in_channels, data.image_size, data.resize
+        self.skip_unreadable = data.skip_unreadable
+        self.skipped = torch.zeros(len(labels), dtype=torch.uint8).share_memory_()
+        # The chunks' sizes: a training epoch reads each chunk's images together.
+        index = json.loads((directory / "index.json").read_text())
+        self.blocks = [int(chunk["chunk_size"]) for chunk in index["chunks"]]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def item(self, sample: dict[str, Any], index: int, transform: Any) -> tuple[Tensor, ...] | None:
+        """A stored sample as (uint8 image (C, S, S), label), or None when it is skipped."""
+        name = f"{self.directory}: {sample['name']}"
+        try:
+            image = read_image(name, self.channels, encoded=sample["image"])
+        except UnreadableImage:
+            if not self.skip_unreadable:
+                raise
+            self.skipped[index] = 1
+            return None
+        if not self.resize and tuple(image.shape[-2:]) != (self.size, self.size):
+            raise SymtrainError(
+                f"image {name!r} is {image.shape[-1]}x{image.shape[-2]}, not {self.size}x{self.size}: "
+                f"pass --data.image_size SIZE to resize every image"
+            )
+        return transform(image), torch.tensor(sample["label"])
+
+    def dataset(
+        self, pipeline: BasePipeline | None, with_masks: bool
+    ) -> tuple[Dataset, Callable[[Any], Any]]:
+        """The split read by index, put through ``pipeline``'s image transform (None: the
+        evaluation view), and its collate function."""
+        if with_masks:
+            raise SymtrainError("shards hold no masks: segment from an ImageFolder with masks_root")
+        transform = (pipeline or BasePipeline()).image_transform(
+            self.size, train=pipeline is not None, resize=self.resize
+        )
+        return ShardReader(self, transform), collate_images
+
+    def sample(self, count: int, seed: int) -> Split:
+        """A seeded, class-stratified subset of ``count`` readable images, decoded (evaluation view)."""
+        reader, _ = self.dataset(None, with_masks=False)
+        order = stratified_subset(self.labels, len(self) if self.skip_unreadable else count, seed)
+        items = []
+        for index in order.tolist():
+            item = reader[index]
+            if item is not None:
+                items.append(item)
+            if len(items) == count:
+                break
+        return collate_split(items)
+
+
+class ImageShards(ImageDataModule):
+    """Images from shards written by ``python -m symtrain data shards`` (see the module's
+    documentation), read through litdata: every process decodes its own share in its loader
+    workers, and a mid-epoch checkpoint resumes the epoch where it stopped.
+
+    Args:
+        root: the shards directory (holding ``symtrain-shards.json``).
+        image_size: side S the model sees; None: the conversion's (its ``--image_size``, or the
+            images' own size when they were all one square size).
+        mean: per-channel mean of the images in [0, 1]; None: the conversion's estimate.
+        std: per-channel standard deviation; None: the conversion's estimate.
+        train_transform: the base training pipeline: ``none``, ``pad_crop`` or ``resized_crop``.
+        train_flip: random horizontal flips in the base pipeline (recorded with the run).
+        skip_unreadable: leave out samples that do not decode (counted in ``summary.json``).
+        batch_size: samples per batch (per process).
+        num_workers: loader worker processes per process; None: one per core, at most 8.
+
+    Examples:
+        >>> ImageShards("no/such/shards")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        symtrain.errors.SymtrainError: data.root 'no/such/shards' is not a directory: convert an image ...
+    """
+
+    name = "shards"
+    storage = "shards"
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        train_transform: TrainTransform = "none",
+        train_flip: bool = False,
+        skip_unreadable: bool = False,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+    ) -> None:
+        workers = default_workers() if num_workers is None else num_workers
+        super().__init__(batch_size, 0.0, workers, 0, False, train_transform, train_flip)
+        self.root = root
+        self.skip_unreadable = skip_unreadable
+        self.meta = self._read_meta(Path(root))
+        self.class_names = list(self.meta["class_names"])
+        self.num_classes = len(self.class_names)
+        self.in_channels = int(self.meta["channels"])
+        self.image_size = int(self.meta["image_size"] if image_size is None else image_size)
+        # Images of one square size were stored as they are; resizing is needed for any other.
+        self.resize = bool(self.meta["resize"]) or self.image_size != int(self.meta["image_size"])
+        self.mean = tuple(self.meta["mean"] if mean is None else mean)
+        self.std = tuple(self.meta["std"] if std is None else std)
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise SymtrainError(f"data.mean and data.std need {self.in_channels} value(s) each")
+        self.test_split = self.meta["test_split"]
+
+    @staticmethod
+    def _read_meta(root: Path) -> dict[str, Any]:
+        """The conversion's record, checked against the shards beside it."""
+        if not root.is_dir():
+            raise SymtrainError(
+                f"data.root {str(root)!r} is not a directory: convert an image folder with {_CONVERT} "
+                "and pass DIR"
+            )
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise SymtrainError(f"data.root {str(root)!r} cannot be read: give this user read access to it")
+        try:
+            meta = json.loads((root / SHARDS_FILE).read_text())
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise SymtrainError(
+                f"{str(root)!r} holds no {SHARDS_FILE}: it is not (or not completely) a shards directory; "
+                f"convert the image folder with {_CONVERT}"
+            )
+        for name, split in meta["splits"].items():
+            try:
+                index = json.loads((root / name / "index.json").read_text())
+                stored = sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
+            except (OSError, ValueError, KeyError, TypeError):
+                stored = None
+            if stored is None:
+                raise SymtrainError(
+                    f"{str(root / name)!r} holds no shards (no readable index.json): convert the folder "
+                    f"again with {_CONVERT}"
+                )
+            if stored != split["count"] or len(split["labels"]) != stored:
+                raise SymtrainError(
+                    f"{str(root / name)!r} holds {stored} images but {SHARDS_FILE} says {split['count']}: "
+                    f"the shards come from another conversion; convert the folder again into a new directory"
+                )
+        return meta
+
+    def setup(self, stage: str | None = None) -> None:
+        # Here, not in __init__: litdata reads the processes' ranks when a dataset is built.
+        if self.splits:
+            return
+        splits: dict[str, SplitSource] = {
+            name: ShardSplit(Path(self.root) / name, split["labels"], self)  # type: ignore[misc]
+            for name, split in self.meta["splits"].items()
+        }
+        if "test" not in splits:
+            splits["test"] = splits["val"]
+            rank_zero_info(f"{self.root!r} has no test shards: the test metrics are the val split's")
+        self.splits = splits
+
+    def describe(self) -> dict[str, Any]:
+        unique = {id(split): split for split in self.splits.values()}.values()
+        skipped = sum(int(split.skipped.sum()) for split in unique)  # type: ignore[attr-defined]
+        return {**super().describe(), "skipped_unreadable": skipped, "source": self.meta["source"]}
+
+    def teardown(self, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for split in {id(split): split for split in self.splits.values()}.values():
+                flags = split.skipped.clone()  # type: ignore[attr-defined]
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                split.skipped.copy_(flags)  # type: ignore[attr-defined]
