@@ -331,9 +331,13 @@ def test_a_folder_of_photos_trains_tests_predicts_reloads_resumes_and_reports(
     tested = json.loads((runs / "tested" / "summary.json").read_text())["metrics"]
     assert tested["test/acc"] == summary["metrics"]["test/acc"]
 
-    main([*fit, "--trainer.max_epochs=3", "--ckpt_path", "last"])  # one more epoch, same run
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == 2 and sorted(p.name for p in runs.iterdir()) == ["photos", "predicted", "tested"]
+    # Stopped after its first epoch, then resumed to its end, in the same run directory.
+    stop = {"class_path": "recovery_callbacks.StopAfter", "init_args": {"epochs": 1}}
+    main([*fit, "--trainer.max_epochs=2", "--run.name=resumed", f"--trainer.callbacks+={json.dumps(stop)}"])
+    assert torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    main([*fit, "--trainer.max_epochs=2", "--run.name=resumed", "--ckpt_path", "last"])
+    assert torch.load(runs / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in runs.iterdir()) == ["photos", "predicted", "resumed", "tested"]
 
     symtrain_main(["report", str(run_dir), "--out", str(tmp_path / "report")])
     report = (tmp_path / "report" / "report.md").read_text()

@@ -191,7 +191,8 @@ class Batches(IterableDataset):
         """Every image's index, in epoch ``epoch``'s order (the same in every process)."""
         if self.seed is None:
             return torch.arange(self.count)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # Each epoch its own stream (the seed may be any 64-bit number: torch's own, unseeded).
+        generator = torch.Generator().manual_seed((self.seed + 1_000_003 * epoch) % 2**63)
         if self.blocks is None:
             return torch.randperm(self.count, generator=generator)
         starts = torch.tensor([0, *self.blocks]).cumsum(0)
