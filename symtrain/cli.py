@@ -27,7 +27,7 @@ import symtrain.data  # noqa: F401  (makes the data modules' short names resolva
 from symtrain.artefacts import RunArtefacts
 from symtrain.checkpoints import AtomicCheckpointIO, check_checkpoint_fits, read_checkpoint
 from symtrain.data import ImageDataModule
-from symtrain.errors import SymtrainError, one_line_error
+from symtrain.errors import SymtrainError, error_line, one_line_error
 from symtrain.metrics import EquivarianceMetrics
 from symtrain.module import SymmetryModule
 from symtrain.recovery import NonFiniteLossStop, Preemption, RandomState, exit_code_for
@@ -244,26 +244,6 @@ def user_error(error: BaseException | None) -> BaseException | None:
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def error_line(mistake: BaseException) -> str:
-    """The one line a user mistake is reported with. A mistake found in a DataLoader worker (an
-    unreadable image) comes back re-raised with the worker's traceback in its message: its
-    own message is that traceback's last line.
-
-    Examples:
-        >>> error_line(SymtrainError("cannot read image 'a.jpg': replace it"))
-        "cannot read image 'a.jpg': replace it"
-        >>> worker = ["Caught X in DataLoader worker process 0.", "Traceback:", "symtrain.errors.X: bad file"]
-        >>> error_line(SymtrainError("\\n".join(worker)))
-        'bad file'
-    """
-    lines = [line for line in str(mistake).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(mistake).__name__
-    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        return lines[-1].partition(": ")[2] or lines[-1]
-    return lines[0]
 
 
 def main(args: Any = None) -> None:

@@ -24,7 +24,7 @@ from typing import Literal
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from symtrain.clock import note_process_start, without_start
-from symtrain.errors import SymtrainError, one_line_error
+from symtrain.errors import SymtrainError, error_line, one_line_error
 
 
 @dataclass
@@ -417,5 +417,5 @@ def run_command(args: list[str]) -> None:
     try:
         COMMANDS[args[0]](args[1:])
     except SymtrainError as error:
-        sys.stderr.write(f"symtrain: error: {error}\n")
+        sys.stderr.write(f"symtrain: error: {error_line(error)}\n")
         raise SystemExit(2) from None

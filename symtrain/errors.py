@@ -86,3 +86,23 @@ def one_line_error(message: str) -> str:
     lines = [line.strip(" -") for line in message.splitlines()]
     lines = [line for line in lines if line and not line.startswith("Parser key")]
     return prefix + (lines[-1] if lines else message.strip())
+
+
+def error_line(mistake: BaseException) -> str:
+    """The one line a user mistake is reported with. A mistake found in a DataLoader worker (an
+    unreadable image) comes back re-raised with the worker's traceback in its message: its
+    own message is that traceback's last line.
+
+    Examples:
+        >>> error_line(SymtrainError("cannot read image 'a.jpg': replace it"))
+        "cannot read image 'a.jpg': replace it"
+        >>> worker = ["Caught X in DataLoader worker process 0.", "Traceback:", "symtrain.errors.X: bad file"]
+        >>> error_line(SymtrainError("\\n".join(worker)))
+        'bad file'
+    """
+    lines = [line for line in str(mistake).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(mistake).__name__
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].partition(": ")[2] or lines[-1]
+    return lines[0]

@@ -12,6 +12,7 @@ class batches it: in memory in one process as a plain loader (the fast path), ot
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -137,8 +138,9 @@ class Batches(IterableDataset):
     permutation), cuts it into one equal share per process and each share into as many batches
     as the smallest share needs. So every image is read exactly once per epoch across the
     processes, and every process takes the same number of batches: DDP's forward synchronises
-    at every batch, and a process with one batch more would wait forever. Batches hold
-    ``batch_size`` images, one more in rare cases.
+    at every batch, and a process with one batch more would wait forever. The batches of a share
+    are evened out: at most ``batch_size`` images (one more in rare cases), e.g. 1,000 images in
+    batches of 128 are eight batches of 125.
 
     Written here because the libraries' samplers repeat images to even out the processes'
     shares (torch's DistributedSampler, Lightning's default), leave the rest out (litdata's
@@ -153,7 +155,8 @@ class Batches(IterableDataset):
         batch_size: images per batch.
         rank: this process.
         world_size: processes.
-        seed: seeds the training order (with the epoch); None keeps the images in order.
+        seed: seeds the training order (with the epoch; any 64-bit number); None keeps the
+            images in order.
         blocks: sizes of consecutive runs of images stored together (shards): a training order
             then permutes the runs and the images within each, so that a batch reads one run.
 
@@ -248,11 +251,36 @@ class TrainingLoader(DataLoader):
             yield batch
 
     def position(self) -> dict[str, int]:
-        """Where training is: the epoch and the batches taken in it."""
-        return {"epoch": self.epoch, "taken": self.taken}
+        """Where training is (the epoch and the batches taken in it), and what cut the epoch
+        into batches (the order's seed, the processes, the images and the batches per process)."""
+        batches: Batches = self.dataset  # type: ignore[assignment]
+        return {
+            "epoch": self.epoch,
+            "taken": self.taken,
+            "seed": batches.seed,
+            "world_size": batches.world_size,
+            "count": batches.count,
+            "steps": batches.steps,
+        }
 
     def resume_at(self, position: dict[str, int]) -> None:
-        """Continue from ``position`` (:meth:`position`, from a checkpoint)."""
+        """Continue from ``position`` (:meth:`position`, from a checkpoint), with its order.
+
+        Raises:
+            SymtrainError: if it stopped mid-epoch and this fit cuts the epoch otherwise
+                (other processes, batch size or data): the rest of that epoch is not defined.
+        """
+        batches: Batches = self.dataset  # type: ignore[assignment]
+        layout = {key: getattr(batches, key) for key in ("world_size", "count", "steps")}
+        saved = {key: position.get(key, layout[key]) for key in layout}
+        if 0 < position["taken"] < saved["steps"] and saved != layout:
+            raise SymtrainError(
+                f"the checkpoint stopped after batch {position['taken']} of {saved['steps']} of an epoch "
+                f"of {saved['count']} images in {saved['world_size']} process(es), but this fit makes "
+                f"{layout['steps']} batches of {layout['count']} in {layout['world_size']}: resume with "
+                "the processes, batch size and data it started with, or from an end-of-epoch checkpoint"
+            )
+        batches.seed = position.get("seed", batches.seed)
         self.epoch, self.taken = position["epoch"], position["taken"]
 
 
@@ -306,6 +334,9 @@ class ImageDataModule(pl.LightningDataModule):
     # ``shards``), and which split the test metrics come from.
     storage: str = "memory"
     test_split: str = "test"
+    # Unreadable images left out before the splits were built (while decoding into memory, or
+    # when shards were written); those met while loading are flagged in the splits themselves.
+    skipped_elsewhere: int = 0
 
     def __init__(
         self,
@@ -359,7 +390,25 @@ class ImageDataModule(pl.LightningDataModule):
             "storage": self.storage,
             "test_split": self.test_split,
             "sizes": {name: len(split) for name, split in self.splits.items()},
+            "skipped_unreadable": self.skipped_elsewhere
+            + sum(int(flags.sum()) for flags in self._skip_flags()),
         }
+
+    def _skip_flags(self) -> list[Tensor]:
+        """Each split's flags of the images found unreadable and skipped while loading (each
+        split once: the test split may be the val split)."""
+        flags = {id(split): getattr(split, "skipped", None) for split in self.splits.values()}
+        return [flag for flag in flags.values() if flag is not None]
+
+    def teardown(self, stage: str) -> None:
+        # Each process flagged the unreadable images its own share met: the run counts them all.
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for flags in self._skip_flags():
+            everyone = flags.to(device)  # NCCL reduces only tensors on the GPU
+            torch.distributed.all_reduce(everyone, op=torch.distributed.ReduceOp.MAX)
+            flags.copy_(everyone.cpu())
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -390,11 +439,17 @@ class ImageDataModule(pl.LightningDataModule):
         )
         if shuffle and (distributed or not isinstance(source, Split)):
             # Every image once per epoch in every process's share, and exact mid-epoch resumes.
-            # The run's seed (seed_everything) orders the epochs.
+            # The same in every process, and set by seed_everything (or 0 without it).
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
             batches = Batches(
-                dataset, collate, self.batch_size, rank, world_size, seed=torch.initial_seed(),
+                dataset,
+                collate,
+                self.batch_size,
+                rank,
+                world_size,
+                seed=seed,
                 blocks=getattr(source, "blocks", None),
-            )  # fmt: skip
+            )
             epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
             self._training_loader = TrainingLoader(batches, self.num_workers, epoch)
             if self._resume_position is not None:

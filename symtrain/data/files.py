@@ -1,18 +1,20 @@
-"""Splits of image files, decoded as they are needed: the streaming path for data that does not
-fit in memory, and the reader that fills the in-memory path from the same files.
+"""Splits of encoded images, decoded as they are needed: the streaming path for data that does
+not fit in memory (files in a folder, or the same files' bytes in shards), and the reader that
+fills the in-memory path.
 
-A :class:`FileSplit` holds only the files' paths (one byte string each, relative to the root,
-in a numpy array: forked DataLoader workers then share it without copying it page by page, as
-they would a Python list whose reference counts they touch) and their labels, so its memory
-does not grow with the images. :class:`ImageFiles` decodes one file per item in the workers
-(:func:`~symtrain.data.images.read_image`) and resizes, crops and flips it with torchvision.
+An :class:`EncodedSplit` holds only what names each image (for files, one byte string each,
+relative to the root, in a numpy array: forked DataLoader workers then share it without copying
+it page by page, as they would a Python list whose reference counts they touch) and its label,
+so its memory does not grow with the images. :class:`EncodedImages` decodes one image per item
+in the loader's workers (:func:`~symtrain.data.images.read_image`) and resizes, crops and flips
+it with torchvision.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,9 @@ _DECODE_IN_WORKERS_FROM = 1024
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a split's files become images: the channels, the side ``size`` they are brought
-    to, whether they are resized (``resize`` false: they must already be ``size`` x ``size``),
-    whether unreadable files are left out, and the masks' directory and class count."""
+    """How a split's images are decoded: the channels, the side ``size`` they are brought to,
+    whether they are resized (``resize`` false: they must already be ``size`` x ``size``),
+    whether unreadable ones are left out, and the masks' directory and class count."""
 
     channels: int
     size: int
@@ -45,85 +47,108 @@ class Decoding:
     num_classes: int = 0
 
 
-@dataclass
-class FileSplit:
-    """One split as files: ``root``-relative paths and labels, decoded when read.
+class EncodedSplit:
+    """One split of encoded images and their labels, decoded when read.
 
-    Attributes:
-        root: the directory the paths are relative to.
-        paths: the files' relative paths, as UTF-8 byte strings (N,).
+    Subclasses say where image ``index`` is (:meth:`source`). ``skipped`` holds one flag per
+    image in shared memory, set by whichever loader worker found it unreadable (when those are
+    skipped); the run counts them.
+
+    Args:
         labels: int64 class indices (N,).
-        decoding: how the files become images.
-        skipped: one shared flag per file, set (by any worker) when it was left out as
-            unreadable; the run counts them.
+        decoding: how the images are decoded.
     """
 
-    root: str
-    paths: np.ndarray
-    labels: Tensor
-    decoding: Decoding
-    skipped: Tensor = field(default=None)  # type: ignore[assignment]
+    blocks: list[int] | None = None  # runs of images stored together (shards' chunks)
 
-    def __post_init__(self) -> None:
-        if self.skipped is None:
-            # In shared memory: workers forked or spawned later write the same flags.
-            self.skipped = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
-
-    @classmethod
-    def of(cls, root: str | Path, files: Sequence[tuple[Path, int]], decoding: Decoding) -> FileSplit:
-        """The split of ``(path, label)`` pairs under ``root``."""
-        relative = [os.path.relpath(path, root).encode() for path, _ in files]
-        paths = np.array(relative, dtype=bytes)
-        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-        return cls(str(root), paths, labels, decoding)
+    def __init__(self, labels: Tensor, decoding: Decoding) -> None:
+        self.labels = labels
+        self.decoding = decoding
+        self.skipped = torch.zeros(len(labels), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
-    def path(self, index: int) -> str:
-        return os.path.join(self.root, self.paths[index].decode())
+    def source(self, index: int) -> tuple[str, bytes | None]:
+        """Image ``index``'s name, and its encoded bytes (None: the name is a file to read)."""
+        raise NotImplementedError
 
-    def subset(self, index: Tensor) -> FileSplit:
-        chosen = index.cpu().numpy()
-        return FileSplit(self.root, self.paths[chosen], self.labels[index.cpu()], self.decoding)
+    def mask_path(self, index: int) -> Path:
+        raise SymtrainError(
+            f"{type(self).__name__} holds no masks: segment from an ImageFolder with masks_root"
+        )
+
+    def item(
+        self, index: int, transform: Callable[..., Any], with_masks: bool = False
+    ) -> tuple[Tensor, ...] | None:
+        """Image ``index`` decoded and transformed: (uint8 image (C, S, S), label[, mask (S, S)]),
+        or None when it is unreadable and skipped."""
+        from torchvision import tv_tensors
+
+        decoding = self.decoding
+        name, encoded = self.source(index)
+        try:
+            image = read_image(name, decoding.channels, encoded)  # (C, H, W)
+        except UnreadableImage:
+            if not decoding.skip_unreadable:
+                raise
+            self.skipped[index] = 1
+            return None
+        if not decoding.resize and tuple(image.shape[-2:]) != (decoding.size, decoding.size):
+            raise SymtrainError(
+                f"image {name!r} is {image.shape[-1]}x{image.shape[-2]}, not {decoding.size}x{decoding.size} "
+                f"like the first training image: pass --data.image_size SIZE to resize every image"
+            )
+        label = self.labels[index]
+        if not with_masks:
+            return transform(image), label
+        mask = read_mask(self.mask_path(index), name, tuple(image.shape[-2:]), decoding.num_classes)
+        image, mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(Tensor), label, mask.as_subclass(Tensor)
+
+    def transform(self, pipeline: BasePipeline | None) -> Callable[..., Any]:
+        """``pipeline``'s image transform (None: the evaluation view) at this split's size."""
+        train = pipeline is not None
+        return (pipeline or BasePipeline()).image_transform(self.decoding.size, train, self.decoding.resize)
 
     def dataset(
         self, pipeline: BasePipeline | None, with_masks: bool
     ) -> tuple[Dataset, Callable[[Any], Any]]:
         """Items decoded one by one (in the loader's workers), put through ``pipeline``'s image
-        transform (None: the evaluation view), and stacked into batches."""
-        train = pipeline is not None
-        transform = (pipeline or BasePipeline()).image_transform(
-            self.decoding.size, train=train, resize=self.decoding.resize
-        )
-        return ImageFiles(self, transform, with_masks), collate_images
+        transform (None: the evaluation view), and stacked into batches; an unreadable image that
+        is skipped gives way to the next readable one, so batches stay full."""
+        return EncodedImages(self, self.transform(pipeline), with_masks, substitute=True), collate_images
 
     def sample(self, count: int, seed: int) -> Split:
         """A seeded, class-stratified subset of ``count`` readable images, decoded (evaluation
-        view); unreadable files, when they are skipped, give way to the next in that order."""
+        view); unreadable ones, when they are skipped, give way to the next in that order."""
         order = stratified_subset(self.labels, len(self) if self.decoding.skip_unreadable else count, seed)
-        dataset, _ = self.dataset(None, with_masks=self.decoding.masks_root is not None)
+        transform = self.transform(None)
         items = []
         for index in order.tolist():
-            item = dataset[index]
+            item = self.item(index, transform)
             if item is not None:
                 items.append(item)
             if len(items) == count:
                 break
-        return collate_split(items)
+        if not items:
+            raise SymtrainError("no image of the split can be decoded: check its files")
+        return Split(*collate_images(items))
 
     def decode(self, num_workers: int, with_masks: bool) -> Split:
         """Every readable image of the split, decoded into memory (evaluation view), in the
         loader's workers when the split is large enough to be worth starting them."""
-        dataset, collate = self.dataset(None, with_masks)
+        dataset = EncodedImages(self, self.transform(None), with_masks, substitute=False)
         workers = num_workers if len(self) >= _DECODE_IN_WORKERS_FROM else 0
-        loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=collate)
+        loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=collate_images)
         size, channels = self.decoding.size, self.decoding.channels
         images = torch.empty(len(self), channels, size, size, dtype=torch.uint8)
         masks = torch.empty(len(self), size, size, dtype=torch.int64) if with_masks else None
         labels = torch.empty(len(self), dtype=torch.int64)
         filled = 0
         for batch in loader:
+            if batch is None:  # every image of it skipped
+                continue
             count = len(batch[1])
             images[filled : filled + count] = batch[0]
             labels[filled : filled + count] = batch[1]
@@ -133,54 +158,72 @@ class FileSplit:
         return Split(images[:filled], labels[:filled], None if masks is None else masks[:filled])
 
 
-class ImageFiles(Dataset):
-    """A :class:`FileSplit` as a map-style dataset: item ``i`` is its file decoded, transformed
-    and returned as (uint8 image (C, S, S), label) (and the mask (S, S) with ``with_masks``), or
-    None for an unreadable file that is skipped (:func:`collate_images` drops it)."""
+class FileSplit(EncodedSplit):
+    """One split as image files under ``root``.
 
-    def __init__(self, split: FileSplit, transform: Callable[..., Any], with_masks: bool = False) -> None:
-        self.split = split
-        self.transform = transform
-        self.with_masks = with_masks
+    Args:
+        root: the directory the paths are relative to.
+        paths: the files' relative paths, as file-system byte strings (N,) (``os.fsencode``).
+        labels: int64 class indices (N,).
+        decoding: how the files are decoded.
+    """
+
+    def __init__(self, root: str, paths: np.ndarray, labels: Tensor, decoding: Decoding) -> None:
+        super().__init__(labels, decoding)
+        self.root = root
+        self.paths = paths
+
+    def name(self, index: int) -> str:
+        """File ``index``'s path relative to the root."""
+        return os.fsdecode(self.paths[index])
+
+    def source(self, index: int) -> tuple[str, bytes | None]:
+        return os.path.join(self.root, self.name(index)), None
+
+    def mask_path(self, index: int) -> Path:
+        relative = Path(self.name(index))
+        return Path(self.decoding.masks_root) / relative.parent / f"{relative.stem}.png"
+
+    def subset(self, index: Tensor) -> FileSplit:
+        return FileSplit(self.root, self.paths[index.cpu().numpy()], self.labels[index.cpu()], self.decoding)
+
+
+class EncodedImages(Dataset):
+    """An :class:`EncodedSplit` as a map-style dataset: item ``i`` is image ``i`` decoded and
+    transformed. An unreadable image that is skipped is None, or with ``substitute`` the next
+    readable image of the split (batches then stay full, and every process of a DDP run takes the
+    same number of steps)."""
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        transform: Callable[..., Any],
+        with_masks: bool = False,
+        substitute: bool = False,
+    ) -> None:
+        self.split, self.transform = split, transform
+        self.with_masks, self.substitute = with_masks, substitute
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...] | None:
-        from torchvision import tv_tensors
-
-        split, decoding = self.split, self.split.decoding
-        path = split.path(index)
-        try:
-            image = read_image(path, decoding.channels)  # (C, H, W)
-        except UnreadableImage:
-            if not decoding.skip_unreadable:
-                raise
-            split.skipped[index] = 1
-            return None
-        if not decoding.resize and tuple(image.shape[-2:]) != (decoding.size, decoding.size):
-            raise SymtrainError(
-                f"image {path!r} is {image.shape[-1]}x{image.shape[-2]}, not {decoding.size}x{decoding.size} "
-                f"like the first training image: pass --data.image_size SIZE to resize every image"
-            )
-        label = split.labels[index]
-        if not self.with_masks:
-            return self.transform(image), label
-        mask = read_mask(split, index, tuple(image.shape[-2:]))
-        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(Tensor), label, mask.as_subclass(Tensor)
+        tries = len(self.split) if self.substitute else 1
+        for offset in range(tries):
+            item = self.split.item((index + offset) % len(self.split), self.transform, self.with_masks)
+            if item is not None:
+                return item
+        if self.substitute:
+            raise SymtrainError("no image of the split can be decoded: check its files")
+        return None
 
 
-def read_mask(split: FileSplit, index: int, shape: tuple[int, ...]) -> Tensor:
-    """The mask of a split's image as int64 (H, W) class indices: ``masks_root`` mirrors the
-    image tree, with one PNG per image."""
-    decoding = split.decoding
-    relative = Path(split.paths[index].decode())
-    path = Path(decoding.masks_root) / relative.parent / f"{relative.stem}.png"
-    image_path = split.path(index)
+def read_mask(path: Path, image_name: str, shape: tuple[int, ...], num_classes: int) -> Tensor:
+    """An image's mask as int64 (H, W) class indices: a single-channel PNG of the image's size,
+    annotated on the upright image (masks are read as stored)."""
     if not path.is_file():
         raise SymtrainError(
-            f"mask {str(path)!r} of image {image_path!r} does not exist: every image needs "
+            f"mask {str(path)!r} of image {image_name!r} does not exist: every image needs "
             f"a PNG mask under data.masks_root with the same relative path"
         )
     try:
@@ -193,27 +236,18 @@ def read_mask(split: FileSplit, index: int, shape: tuple[int, ...]) -> Tensor:
             f"mask {str(path)!r} has shape {pixels.shape}: masks must be single-channel "
             f"{shape[1]}x{shape[0]} PNGs of class indices, like their images"
         )
-    if pixels.max(initial=0) > decoding.num_classes:
+    if pixels.max(initial=0) > num_classes:
         raise SymtrainError(
-            f"mask {str(path)!r} holds value {int(pixels.max())} but there are {decoding.num_classes} "
-            f"classes: use 0 for background and 1..{decoding.num_classes} for the class folders"
+            f"mask {str(path)!r} holds value {int(pixels.max())} but there are {num_classes} "
+            f"classes: use 0 for background and 1..{num_classes} for the class folders"
         )
     return torch.from_numpy(pixels.astype(np.int64))
 
 
-def collate_images(items: list[tuple[Tensor, ...] | None]) -> tuple[Tensor, ...]:
+def collate_images(items: list[tuple[Tensor, ...] | None]) -> tuple[Tensor, ...] | None:
     """Stack decoded items into a batch (images (B, C, S, S), labels (B,)[, masks (B, S, S)]),
-    leaving out the skipped ones."""
+    leaving out the skipped ones (None when all were)."""
     kept = [item for item in items if item is not None]
-    if not kept:
-        raise SymtrainError(
-            "every image of a batch was unreadable and skipped: check the data directory's files"
-        )
     # torch's collate: in a worker it stacks straight into shared memory, which the batch then
     # reaches the main process through without another copy.
-    return tuple(default_collate(kept))
-
-
-def collate_split(items: list[tuple[Tensor, ...] | None]) -> Split:
-    """Decoded items as an in-memory :class:`Split`."""
-    return Split(*collate_images(items))
+    return tuple(default_collate(kept)) if kept else None

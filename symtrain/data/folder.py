@@ -7,15 +7,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
+from PIL import Image
 
 from symtrain.data.base import ImageDataModule, SplitSource
 from symtrain.data.files import Decoding, FileSplit
-from symtrain.data.images import GRAY_MODES, IMAGE_SUFFIXES, TrainTransform, list_images, probe_image
+from symtrain.data.images import GRAY_MODES, IMAGE_SUFFIXES, TrainTransform, UnreadableImage, read_image
 from symtrain.errors import SymtrainError
+from symtrain.runs import write_atomically
 
 Storage = Literal["auto", "memory", "stream"]
 SPLITS = ("train", "val", "test")
@@ -25,9 +28,28 @@ STATS_SAMPLE = 1000
 _SUFFIXES = "/".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 
 
+def _readable(directory: Path) -> None:
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise SymtrainError(f"{str(directory)!r} cannot be read: give this user read access to it")
+
+
 def _class_dirs(split_dir: Path) -> list[str]:
+    _readable(split_dir)
     return sorted(
-        path.name for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith(".")
+        entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _image_names(directory: Path) -> list[str]:
+    """The image files directly in ``directory`` (any of the suffixes, in any case: ImageNet's
+    are ``.JPEG``), sorted, hidden files left out."""
+    _readable(directory)
+    return sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+        and not entry.name.startswith(".")
+        and entry.is_file()
     )
 
 
@@ -134,17 +156,16 @@ class ImageFolder(ImageDataModule):
                 f"data.masks_root {masks_root!r} is not a directory: pass the directory whose "
                 f"train/<class>/<name>.png masks mirror the images"
             )
-        base = Path(root)
-        self.files = self._list_files(base)
-        first = self.files["train"][0][0]
-        mode, (width, height) = probe_image(first)
-        if image_size is None and width != height:
-            raise SymtrainError(
-                f"image {str(first)!r} is {width}x{height}: pass --data.image_size SIZE to resize "
-                f"and centre-crop every image to SIZE x SIZE"
-            )
         if image_size is not None and image_size < 1:
             raise SymtrainError(f"data.image_size is {image_size}: pass a positive side in pixels")
+        names = self._list_files(Path(root))
+        first, mode, pixels = self._first_image(names["train"], skip_unreadable)
+        height, width = pixels.shape[-2:]
+        if image_size is None and width != height:
+            raise SymtrainError(
+                f"image {first!r} is {width}x{height}: pass --data.image_size SIZE to resize "
+                f"and centre-crop every image to SIZE x SIZE"
+            )
         if channels is None:
             channels = 1 if mode in GRAY_MODES else 3
         if channels not in (1, 3):
@@ -155,15 +176,22 @@ class ImageFolder(ImageDataModule):
         self.decoding = Decoding(
             channels, self.image_size, image_size is not None, skip_unreadable, masks_root, self.num_classes
         )
+        self.files = {
+            split: FileSplit(
+                root, np.array(paths, dtype=bytes), torch.tensor(labels, dtype=torch.int64), self.decoding
+            )
+            for split, (paths, labels) in names.items()
+        }
+        del names
         count = sum(len(files) for files in self.files.values())
-        decoded_mb = count * channels * self.image_size**2 / 2**20
+        # uint8 images, and int64 masks for segmentation
+        decoded_mb = count * (channels + 8 * self.has_masks) * self.image_size**2 / 2**20
         fits = decoded_mb <= memory_budget_mb
         self.storage = storage if storage != "auto" else "memory" if fits else "stream"
         if num_workers is None:  # in-memory batches are one indexing operation: no workers
             num_workers = default_workers() if self.storage == "stream" else 0
         self.num_workers = num_workers
-        self.test_split = "test" if self.files.get("test") else "val"
-        self._skipped_while_decoding = 0
+        self.test_split = "test" if "test" in self.files else "val"
         if (mean is None) != (std is None):
             raise SymtrainError("pass both data.mean and data.std, or neither (then both are estimated)")
         if mean is not None and std is not None:
@@ -176,15 +204,15 @@ class ImageFolder(ImageDataModule):
         else:
             self.mean, self.std = self._statistics()
 
-    def _list_files(self, base: Path) -> dict[str, list[tuple[Path, int]]]:
-        """Every split's (image, label) pairs, checking the layout."""
+    def _list_files(self, base: Path) -> dict[str, tuple[list[bytes], list[int]]]:
+        """Every split's image paths (relative to the root, as file-system bytes) and labels,
+        checking the layout."""
         if not base.is_dir():
             raise SymtrainError(
                 f"data.root {str(base)!r} is not a directory: pass --data.root DIR holding "
                 f"train/<class>/ and test/<class>/ (or val/<class>/) image folders"
             )
-        if not os.access(base, os.R_OK | os.X_OK):
-            raise SymtrainError(f"data.root {str(base)!r} cannot be read: give this user read access to it")
+        _readable(base)
         if not (base / "train").is_dir():
             raise SymtrainError(
                 f"{str(base / 'train')!r} does not exist: create it with one subdirectory of images per class"
@@ -195,51 +223,68 @@ class ImageFolder(ImageDataModule):
                 f"of images per class"
             )
         self.class_names = _class_dirs(base / "train")
-        if not self.class_names:
-            raise SymtrainError(
-                f"{str(base / 'train')!r} has no class subdirectories: put each class's images "
-                f"in train/<class>/"
-            )
-        files: dict[str, list[tuple[Path, int]]] = {}
+        label = {name: index for index, name in enumerate(self.class_names)}
+        files: dict[str, tuple[list[bytes], list[int]]] = {}
         for split in SPLITS:
             split_dir = base / split
             if not split_dir.is_dir():
                 continue
-            if not os.access(split_dir, os.R_OK | os.X_OK):
-                raise SymtrainError(f"{str(split_dir)!r} cannot be read: give this user read access to it")
             present = _class_dirs(split_dir)
+            if not present:
+                raise SymtrainError(
+                    f"{str(split_dir)!r} has no class subdirectories: put each class's images in "
+                    f"{split}/<class>/, or remove the folder"
+                )
             extra = sorted(set(present) - set(self.class_names))
             if extra:
                 raise SymtrainError(
                     f"{str(split_dir)!r} has classes {', '.join(extra)} that train does not: "
                     f"add them to train/ or remove them from {split}/"
                 )
-            per_class = {name: list_images(split_dir / name) for name in present}
-            empty = [name for name, paths in per_class.items() if not paths]
+            paths: list[bytes] = []
+            labels: list[int] = []
+            empty = []
+            for name in present:
+                images = _image_names(split_dir / name)
+                empty += [] if images else [name]
+                paths += [os.fsencode(os.path.join(split, name, image)) for image in images]
+                labels += [label[name]] * len(images)
             if empty:
                 raise SymtrainError(
                     f"class folders {', '.join(empty)} in {str(split_dir)!r} hold no {_SUFFIXES} "
                     f"images: add some or remove the folders"
                 )
-            label = {name: index for index, name in enumerate(self.class_names)}
-            files[split] = [(path, label[name]) for name, paths in per_class.items() for path in paths]
+            files[split] = (paths, labels)
         return files
 
-    def _split(self, name: str) -> FileSplit:
-        return FileSplit.of(self.root, self.files[name], self.decoding)
+    def _first_image(
+        self, train: tuple[list[bytes], list[int]], skip_unreadable: bool
+    ) -> tuple[str, str, torch.Tensor]:
+        """The path, PIL mode and decoded pixels (as RGB) of the first readable training image,
+        which decides the channels and, without ``image_size``, the size."""
+        for path in train[0]:
+            name = os.path.join(self.root, os.fsdecode(path))
+            try:
+                pixels = read_image(name, 3)  # its upright size, as every image is read
+                with Image.open(name) as image:
+                    return name, image.mode, pixels
+            except UnreadableImage:
+                if not skip_unreadable:
+                    raise
+        raise SymtrainError(f"no training image in {self.root!r} can be decoded: check its files")
 
     def _statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and standard deviation (over all pixels) of up to
         :data:`STATS_SAMPLE` seeded training images as the model sees them (evaluation view),
         cached beside the data under a key of the settings and the sampled files' names, sizes
         and times (a changed file is a new key)."""
-        train = self._split("train")
+        train = self.files["train"]
         generator = torch.Generator().manual_seed(0)
         chosen = torch.randperm(len(train), generator=generator)[:STATS_SAMPLE].sort().values
         sample = train.subset(chosen)
         fingerprint = hashlib.sha1(f"{self.in_channels}:{self.image_size}:{self.decoding.resize}".encode())
         for index in range(len(sample)):
-            state = os.stat(sample.path(index))
+            state = os.stat(sample.source(index)[0])
             fingerprint.update(sample.paths[index] + f":{state.st_size}:{state.st_mtime_ns}".encode())
         key = fingerprint.hexdigest()
         cache = Path(self.root) / STATS_FILE
@@ -256,38 +301,18 @@ class ImageFolder(ImageDataModule):
         entries = cached if isinstance(cached, dict) else {}
         entries[key] = {"mean": list(mean), "std": list(std), "images": len(pixels)}
         try:  # read-only data: estimated again next time (bounded), nothing else changes
-            partial = cache.with_name(f"{STATS_FILE}.{os.getpid()}.tmp")
-            partial.write_text(json.dumps(entries, indent=1))
-            os.replace(partial, cache)
+            write_atomically(cache, json.dumps(entries, indent=1))
         except OSError:
             pass
         return mean, std
 
     def load_splits(self) -> dict[str, SplitSource]:
-        files = {name: self._split(name) for name in self.files}
-        splits: dict[str, SplitSource] = dict(files)
+        splits: dict[str, SplitSource] = dict(self.files)
         if self.storage == "memory":
             workers = self.num_workers or default_workers()
-            splits = {name: split.decode(workers, self.has_masks) for name, split in files.items()}
-            self._skipped_while_decoding = sum(int(split.skipped.sum()) for split in files.values())
+            splits = {name: split.decode(workers, self.has_masks) for name, split in self.files.items()}
+            self.skipped_elsewhere = sum(int(split.skipped.sum()) for split in self.files.values())
         if "test" not in splits:
             splits["test"] = splits["val"]
             rank_zero_info(f"{self.root!r} has no test/ folder: the test metrics are the val split's")
         return splits
-
-    def describe(self) -> dict[str, Any]:
-        skipped = sum(int(split.skipped.sum()) for split in self._file_splits())
-        return {**super().describe(), "skipped_unreadable": skipped + self._skipped_while_decoding}
-
-    def _file_splits(self) -> list[FileSplit]:
-        """The splits read from disk, each once (the test split may be the val split)."""
-        unique = {id(split): split for split in self.splits.values() if isinstance(split, FileSplit)}
-        return list(unique.values())
-
-    def teardown(self, stage: str) -> None:
-        # Each process flags the unreadable files its own share met: the run counts them all.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for split in self._file_splits():
-                flags = split.skipped.clone()
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-                split.skipped.copy_(flags)

@@ -38,16 +38,6 @@ class UnreadableImage(SymtrainError):
     """An image file that cannot be decoded (truncated, empty, or not an image at all)."""
 
 
-def list_images(directory: Path) -> list[Path]:
-    """The image files directly in ``directory`` (any of :data:`IMAGE_SUFFIXES`, in any case:
-    ImageNet's are ``.JPEG``), sorted, hidden files left out."""
-    return sorted(
-        path
-        for path in directory.iterdir()
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
-    )
-
-
 def unreadable(path: str | Path, error: BaseException) -> UnreadableImage:
     reason = " ".join(str(error).split()) or type(error).__name__
     return UnreadableImage(
@@ -56,27 +46,16 @@ def unreadable(path: str | Path, error: BaseException) -> UnreadableImage:
     )
 
 
-def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
-    """The PIL mode and the (width, height) an image has once its EXIF orientation is applied,
-    read from its header."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            # Orientations 5..8 turn the image by a quarter: width and height swap.
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            return image.mode, (width, height)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise unreadable(path, error) from error
-
-
 def _pixels(image: Image.Image, channels: int) -> np.ndarray:
-    """The image as uint8 (H, W) or (H, W, 3). PIL's own conversion clips 16-bit values to 255,
-    so wide integer modes are scaled (0..65535 -> 0..255) here."""
-    if image.mode in _WIDE_MODES:
+    """The image as uint8 (H, W) or (H, W, 3). PIL's own conversion of the wide modes clips
+    (16-bit values to 255, floats to 0 or 1), so they are scaled here, by what the mode holds
+    rather than by the image's own values (which would brighten a dark image): integer modes
+    from 16 bits (0..65535; 32-bit ``I`` files are read as 16-bit and clipped above), float
+    ``F`` images from [0, 1]."""
+    if image.mode in _WIDE_MODES or image.mode == "F":
         wide = np.asarray(image, dtype=np.float64)
-        scale = 257.0 if wide.max(initial=0) > 255 else 1.0
-        gray = (wide / scale).round().clip(0, 255).astype(np.uint8)
+        scaled = wide * 255.0 if image.mode == "F" else wide / 257.0
+        gray = scaled.round().clip(0, 255).astype(np.uint8)
         return gray if channels == 1 else np.repeat(gray[..., None], 3, axis=2)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB

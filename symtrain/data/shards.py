@@ -1,6 +1,7 @@
 """Image shards: a folder converted once into Lightning's litdata chunks and read from them,
-for clusters (one sequential read per chunk rather than a file open per image), shared or
-network file systems, and object stores (litdata downloads and caches the chunks).
+for clusters (one read per chunk rather than a file open per image) and shared or network file
+systems (a local or mounted directory: reading shards from an object store's URL is not wired
+up).
 
     python -m symtrain data shards --root DIR --out SHARDS --image_size 64
     python -m symtrain fit --config configs/quickstart.yaml --config configs/data/shards.yaml \
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,14 @@ import litdata
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from litdata.streaming.writer import BinaryWriter
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from symtrain.data.base import ImageDataModule, Split, SplitSource
-from symtrain.data.files import FileSplit, collate_images, collate_split
+from symtrain.data.base import ImageDataModule, SplitSource
+from symtrain.data.files import Decoding, EncodedImages, EncodedSplit, FileSplit
 from symtrain.data.folder import ImageFolder, default_workers
-from symtrain.data.images import BasePipeline, TrainTransform, UnreadableImage, read_image
+from symtrain.data.images import TrainTransform
 from symtrain.errors import SymtrainError
-from symtrain.metrics.subset import stratified_subset
+from symtrain.runs import write_atomically
 
 SHARDS_FILE = "symtrain-shards.json"
 FORMAT = "symtrain-shards/1"
@@ -63,10 +62,10 @@ def _sample(item: tuple[str, int, str]) -> dict[str, Any]:
 def _unreadable_files(split: FileSplit, num_workers: int) -> list[str]:
     """Decode every image of ``split`` once (in the loader's workers), keeping nothing; return
     the names of those that do not decode."""
-    dataset, _ = split.dataset(None, with_masks=False)
+    dataset = EncodedImages(split, split.transform(None))
     for _ in DataLoader(dataset, batch_size=64, num_workers=num_workers, collate_fn=_keep_nothing):
         pass
-    return [split.paths[index].decode() for index in split.skipped.nonzero()[:, 0].tolist()]
+    return [split.name(index) for index in split.skipped.nonzero()[:, 0].tolist()]
 
 
 def _keep_nothing(items: list[Any]) -> int:
@@ -92,6 +91,8 @@ def write_shards(
     Returns:
         ``out``.
     """
+    if not Path(root).is_dir():
+        raise SymtrainError(f"--root {root!r} is not a directory: pass the image folder to convert")
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise SymtrainError(f"--out {out!r} exists and is not an empty directory: pass a new directory")
@@ -123,9 +124,7 @@ def write_shards(
         # no re-encoding), which extra processes would not speed up.
         writer = BinaryWriter(str(target / name), chunk_bytes=chunk_bytes)
         for position, index in enumerate(keep):
-            writer[position] = _sample(
-                (split.path(index), int(split.labels[index]), split.paths[index].decode())
-            )
+            writer[position] = _sample((split.source(index)[0], int(split.labels[index]), split.name(index)))
         writer.done()
         writer.merge()
         meta_splits[name] = {"count": len(keep), "labels": [int(split.labels[index]) for index in keep]}
@@ -142,9 +141,7 @@ def write_shards(
         "skipped_unreadable": sum(len(bad) for bad in skipped.values()),
         "splits": meta_splits,
     }
-    partial = target / f"{SHARDS_FILE}.tmp"
-    partial.write_text(json.dumps(meta))
-    os.replace(partial, target / SHARDS_FILE)  # last: a folder without it is an unfinished conversion
+    write_atomically(target / SHARDS_FILE, json.dumps(meta))  # last: without it, an unfinished conversion
     return target
 
 
@@ -156,81 +153,33 @@ def shards_parser():  # noqa: ANN201  (jsonargparse is imported by the command o
     return parser
 
 
-class ShardReader(litdata.StreamingDataset):
-    """litdata's ``StreamingDataset`` over one split's shards, read by index (chunks are memory
-    mapped, or downloaded and cached from an object store), each sample decoded in the worker
-    that reads it."""
+class ShardSplit(EncodedSplit):
+    """One split of a shards directory: its labels (from ``symtrain-shards.json``) and images
+    read by index through litdata's ``StreamingDataset`` (chunks memory-mapped), decoded as the
+    folder's files are.
 
-    def __init__(self, split: ShardSplit, transform: Any) -> None:
-        super().__init__(str(split.directory))
-        self.split = split
-        self.image_transform = transform
+    Args:
+        directory: the split's litdata directory.
+        labels: the images' labels, in stored order.
+        decoding: how the images are decoded.
+    """
 
-    def __len__(self) -> int:
-        return len(self.split)  # all of it: litdata's own length is this process's share under DDP
-
-    def __getitem__(self, index: int) -> tuple[Tensor, ...] | None:
-        return self.split.item(super().__getitem__(index), index, self.image_transform)
-
-
-class ShardSplit:
-    """One split of a shards directory: its labels (from ``symtrain-shards.json``), streamed
-    through litdata, and decoded with the folder's decoding."""
-
-    def __init__(self, directory: Path, labels: list[int], data: ImageShards) -> None:
+    def __init__(self, directory: Path, labels: list[int], decoding: Decoding) -> None:
+        super().__init__(torch.tensor(labels, dtype=torch.int64), decoding)
         self.directory = directory
-        self.labels = torch.tensor(labels, dtype=torch.int64)
-        self.channels, self.size, self.resize = data.in_channels, data.image_size, data.resize
-        self.skip_unreadable = data.skip_unreadable
-        self.skipped = torch.zeros(len(labels), dtype=torch.uint8).share_memory_()
         # The chunks' sizes: a training epoch reads each chunk's images together.
         index = json.loads((directory / "index.json").read_text())
         self.blocks = [int(chunk["chunk_size"]) for chunk in index["chunks"]]
+        self._reader: tuple[int, litdata.StreamingDataset] | None = None
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None}  # each (spawned) worker opens its own
 
-    def item(self, sample: dict[str, Any], index: int, transform: Any) -> tuple[Tensor, ...] | None:
-        """A stored sample as (uint8 image (C, S, S), label), or None when it is skipped."""
-        name = f"{self.directory}: {sample['name']}"
-        try:
-            image = read_image(name, self.channels, encoded=sample["image"])
-        except UnreadableImage:
-            if not self.skip_unreadable:
-                raise
-            self.skipped[index] = 1
-            return None
-        if not self.resize and tuple(image.shape[-2:]) != (self.size, self.size):
-            raise SymtrainError(
-                f"image {name!r} is {image.shape[-1]}x{image.shape[-2]}, not {self.size}x{self.size}: "
-                f"pass --data.image_size SIZE to resize every image"
-            )
-        return transform(image), torch.tensor(sample["label"])
-
-    def dataset(
-        self, pipeline: BasePipeline | None, with_masks: bool
-    ) -> tuple[Dataset, Callable[[Any], Any]]:
-        """The split read by index, put through ``pipeline``'s image transform (None: the
-        evaluation view), and its collate function."""
-        if with_masks:
-            raise SymtrainError("shards hold no masks: segment from an ImageFolder with masks_root")
-        transform = (pipeline or BasePipeline()).image_transform(
-            self.size, train=pipeline is not None, resize=self.resize
-        )
-        return ShardReader(self, transform), collate_images
-
-    def sample(self, count: int, seed: int) -> Split:
-        """A seeded, class-stratified subset of ``count`` readable images, decoded (evaluation view)."""
-        reader, _ = self.dataset(None, with_masks=False)
-        order = stratified_subset(self.labels, len(self) if self.skip_unreadable else count, seed)
-        items = []
-        for index in order.tolist():
-            item = reader[index]
-            if item is not None:
-                items.append(item)
-            if len(items) == count:
-                break
-        return collate_split(items)
+    def source(self, index: int) -> tuple[str, bytes | None]:
+        if self._reader is None or self._reader[0] != os.getpid():  # one reader per process
+            self._reader = (os.getpid(), litdata.StreamingDataset(str(self.directory)))
+        sample = self._reader[1][index]
+        return f"{self.directory}: {sample['name']}", sample["image"]
 
 
 class ImageShards(ImageDataModule):
@@ -288,6 +237,8 @@ class ImageShards(ImageDataModule):
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise SymtrainError(f"data.mean and data.std need {self.in_channels} value(s) each")
         self.test_split = self.meta["test_split"]
+        self.skipped_elsewhere = int(self.meta["skipped_unreadable"])  # left out at conversion
+        self.decoding = Decoding(self.in_channels, self.image_size, self.resize, skip_unreadable)
 
     @staticmethod
     def _read_meta(root: Path) -> dict[str, Any]:
@@ -331,7 +282,7 @@ class ImageShards(ImageDataModule):
         if self.splits:
             return
         splits: dict[str, SplitSource] = {
-            name: ShardSplit(Path(self.root) / name, split["labels"], self)  # type: ignore[misc]
+            name: ShardSplit(Path(self.root) / name, split["labels"], self.decoding)
             for name, split in self.meta["splits"].items()
         }
         if "test" not in splits:
@@ -340,13 +291,4 @@ class ImageShards(ImageDataModule):
         self.splits = splits
 
     def describe(self) -> dict[str, Any]:
-        unique = {id(split): split for split in self.splits.values()}.values()
-        skipped = sum(int(split.skipped.sum()) for split in unique)  # type: ignore[attr-defined]
-        return {**super().describe(), "skipped_unreadable": skipped, "source": self.meta["source"]}
-
-    def teardown(self, stage: str) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for split in {id(split): split for split in self.splits.values()}.values():
-                flags = split.skipped.clone()  # type: ignore[attr-defined]
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-                split.skipped.copy_(flags)  # type: ignore[attr-defined]
+        return {**super().describe(), "source": self.meta["source"]}
