@@ -44,7 +44,15 @@ def run_loggers(
                 project=options.project,
                 group=options.group,
                 tags=[identity.backbone, identity.strategy, identity.dataset, *options.tags],
-                config={**identity.as_dict(), "params": params, "run_dir": str(run_dir), "data": data},
+                # base_pipeline flat beside backbone and strategy: a strategy trained on flipped
+                # images is never grouped with symmetry-free runs by mistake.
+                config={
+                    **identity.as_dict(),
+                    "base_pipeline": data.get("base_pipeline", "none"),
+                    "params": params,
+                    "run_dir": str(run_dir),
+                    "data": data,
+                },
                 mode=wandb_mode(str(run_dir.parent)),
                 settings=wandb.Settings(silent=options.quiet, console="off"),
             )

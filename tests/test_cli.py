@@ -205,12 +205,14 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     shown = subprocess.run([*leet, str(wandb_runs[0])], env=env, capture_output=True, text=True, timeout=120)
     record = json.loads(shown.stdout)
     assert record["state"] == "finished" and record["name"] == run.name
-    assert {k: record["config"][k] for k in ("backbone", "strategy", "dataset", "seed")} == {
+    assert {k: record["config"][k] for k in ("backbone", "strategy", "dataset", "seed", "base_pipeline")} == {
         "backbone": "StandardCNN",
         "strategy": "NoSymmetry",
         "dataset": "shapes",
         "seed": 0,
+        "base_pipeline": "none",
     }
+    assert record["config"]["data"]["init_args"]["train_transform"] == "none"
     assert record["summary"]["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
     assert record["summary"]["test/equiv/rot90/invariance_error"] == pytest.approx(
         summary["metrics"]["test/equiv/rot90/invariance_error"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -25,6 +26,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from symtrain.data.images import BasePipeline, TrainTransform
 from symtrain.errors import SymtrainError
 from symtrain.metrics.subset import stratified_subset
+
+# Expected by design: Batches is iterable (Lightning leaves its sharding alone) and has a length.
+warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined.*")
 
 
 @dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,6 @@ from symtrain.runs import write_atomically
 SHARDS_FILE = "symtrain-shards.json"
 FORMAT = "symtrain-shards/1"
 _CONVERT = "python -m symtrain data shards --root FOLDER --out DIR"
-
-# Expected by design: validation and test read every image once (no dropping), and litdata's
-# dataset has a length although it is iterable.
-warnings.filterwarnings("ignore", message=r".*disabled the `drop_last` option.*")
-warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined.*")
 
 
 def _sample(item: tuple[str, int, str]) -> dict[str, Any]:
