@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from test_folder import digits_folder
 
@@ -236,3 +238,65 @@ def test_a_shards_run_trains_tests_and_reloads(tmp_path: Path, capsys: pytest.Ca
         ]
     )
     assert "test/acc" in json.loads((tmp_path / "runs" / "tested" / "summary.json").read_text())["metrics"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    count=st.integers(1, 300),
+    batch_size=st.integers(1, 40),
+    world_size=st.integers(1, 5),
+    seed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    epoch=st.integers(0, 3),
+    chunk=st.integers(1, 50),
+)
+def test_batches_give_every_image_once_in_equal_steps(
+    count: int, batch_size: int, world_size: int, seed: int | None, epoch: int, chunk: int
+) -> None:
+    """Drawn settings: every image once per epoch across the processes, the same number of
+    batches in each, none larger than batch_size + 1 and none empty; a seeded training order
+    changes with the epoch (shards' chunks too)."""
+    from symtrain.data.base import Batches
+
+    if count < world_size:
+        with pytest.raises(SymtrainError, match="cannot be shared by"):
+            Batches(list(range(count)), list, batch_size, 0, world_size)
+        return
+    blocks = [min(chunk, count - start) for start in range(0, count, chunk)]
+    for layout in (None, blocks):
+        shares = [
+            Batches(list(range(count)), list, batch_size, r, world_size, seed, layout)
+            for r in range(world_size)
+        ]
+        batches = [share.batches(epoch) for share in shares]
+        assert len({len(part) for part in batches}) == 1 and all(
+            len(part) == len(s) for part, s in zip(batches, shares, strict=True)
+        )
+        sizes = [len(b) for part in batches for b in part]
+        assert 0 < min(sizes) and max(sizes) <= batch_size + 1
+        assert sorted(i for part in batches for b in part for i in b.tolist()) == list(range(count))
+        if seed is not None and count > 3:
+            assert not torch.equal(shares[0].order(epoch), shares[0].order(epoch + 1))
+
+
+def test_a_loader_resumes_where_its_position_says_and_refuses_another_layout() -> None:
+    from symtrain.data.base import Batches, TrainingLoader
+
+    loader = TrainingLoader(Batches(list(range(50)), torch.tensor, 4, seed=7), num_workers=0)
+    whole = [batch.tolist() for batch in loader]
+    stopped = TrainingLoader(Batches(list(range(50)), torch.tensor, 4, seed=7), num_workers=0)
+    taken = []
+    for batch in stopped:
+        taken.append(batch.tolist())
+        if len(taken) == 5:
+            break
+    position = stopped.position()
+    resumed = TrainingLoader(Batches(list(range(50)), torch.tensor, 4, seed=123), num_workers=0)
+    resumed.resume_at(position)  # the saved order (seed 7), from batch 5
+    assert taken + [batch.tolist() for batch in resumed] == whole
+    other = TrainingLoader(Batches(list(range(50)), torch.tensor, 8, seed=7), num_workers=0)
+    with pytest.raises(
+        SymtrainError, match="stopped after batch 5 of 13 .* resume with the processes, batch size"
+    ):
+        other.resume_at(position)
+    finished = {**position, "taken": position["steps"]}
+    other.resume_at(finished)  # an epoch that ended: the next one is cut afresh

@@ -29,10 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import litdata
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
-from litdata.streaming.writer import BinaryWriter
 from torch.utils.data import DataLoader
 
 from symtrain.data.base import ImageDataModule, SplitSource
@@ -116,6 +114,8 @@ def write_shards(
             keep = [keep[i] for i in torch.randperm(len(keep), generator=generator).tolist()]
         # litdata's chunk writer, in this process: the work is reading files' bytes (no decoding,
         # no re-encoding), which extra processes would not speed up.
+        from litdata.streaming.writer import BinaryWriter
+
         writer = BinaryWriter(str(target / name), chunk_bytes=chunk_bytes)
         for position, index in enumerate(keep):
             writer[position] = _sample((split.source(index)[0], int(split.labels[index]), split.name(index)))
@@ -164,13 +164,15 @@ class ShardSplit(EncodedSplit):
         # The chunks' sizes: a training epoch reads each chunk's images together.
         index = json.loads((directory / "index.json").read_text())
         self.blocks = [int(chunk["chunk_size"]) for chunk in index["chunks"]]
-        self._reader: tuple[int, litdata.StreamingDataset] | None = None
+        self._reader: tuple[int, Any] | None = None  # (process, litdata's StreamingDataset)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None}  # each (spawned) worker opens its own
 
     def source(self, index: int) -> tuple[str, bytes | None]:
         if self._reader is None or self._reader[0] != os.getpid():  # one reader per process
+            import litdata  # here: its import (boto3 and more) costs every command a third of a second
+
             self._reader = (os.getpid(), litdata.StreamingDataset(str(self.directory)))
         sample = self._reader[1][index]
         return f"{self.directory}: {sample['name']}", sample["image"]
