@@ -774,14 +774,17 @@ def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
 # --- 10: data on disk ---
 
 
-def digits_photos(root: Path, num_train: int, scale: tuple[float, float], held_out: int = 100) -> Path:
+def digits_photos(
+    root: Path, num_train: int, scale: tuple[float, float], held_out: int = 100, jpeg_only: bool = False
+) -> Path:
     """A folder of the real digits as image files of every size, format and mode
     (:func:`symtrain.data.photos.write_photo_folder`): ``num_train`` training files (the
     training digits written as often as needed, each time at other sizes) and ``held_out``
     validation and test files."""
     from symtrain.data import MNIST5k
-    from symtrain.data.photos import write_photo_folder
+    from symtrain.data.photos import KINDS, write_photo_folder
 
+    kinds = [kind for kind in KINDS if kind[0] == "JPEG"] if jpeg_only else KINDS
     digits = MNIST5k(root=str(ROOT / "data"))
     digits.setup()
     train = digits.splits["train"]
@@ -792,7 +795,7 @@ def digits_photos(root: Path, num_train: int, scale: tuple[float, float], held_o
         if copy == 0:
             for name in ("val", "test"):
                 part[name] = (digits.splits[name].images[:held_out], digits.splits[name].labels[:held_out])
-        write_photo_folder(root, part, digits.class_names, seed=copy, scale=scale, prefix=f"c{copy}-")
+        write_photo_folder(root, part, digits.class_names, copy, scale, prefix=f"c{copy}-", kinds=kinds)
         written, copy = written + count, copy + 1
     return root
 
@@ -852,44 +855,59 @@ def streaming_memory(root: Path, sizes: Sizes) -> dict[str, Any]:
 
 
 def loader_throughput(root: Path, sizes: Sizes) -> dict[str, Any]:
-    """Images/s of symtrain's streaming loader (ImageFolder, storage stream) against the loop
-    anyone would write with torchvision (its ImageFolder, PIL decoding, v2 resize and centre
-    crop, a DataLoader) over the same photo-sized files, with the same workers and batch size;
-    interleaved rounds, medians."""
+    """Images/s of symtrain's streaming loader (ImageFolder, storage stream) over photo-sized
+    JPEGs (RGB, gray, CMYK, EXIF-rotated, as ImageNet's are) against the loop anyone would write
+    with torchvision (its ImageFolder, v2 resize and centre crop, a DataLoader with the same
+    workers and batch size), once with torchvision.io's JPEG decoding (symtrain's: the same
+    decode) and once with its default PIL loader; interleaved rounds, medians."""
     import torchvision
     from torchvision.transforms import v2
 
     from symtrain.data import ImageFolder
 
-    folder = digits_photos(root / "large_photos", sizes.photo_train, scale=(8.0, 14.0), held_out=10)
+    folder = digits_photos(root / "large_photos", sizes.photo_train, (8.0, 14.0), 10, jpeg_only=True)
     size, workers, batch_size = 64, 2, 64
     data = ImageFolder(
         str(folder), image_size=size, channels=3, storage="stream", num_workers=workers,
         batch_size=batch_size, mean=[0.5] * 3, std=[0.25] * 3, val_fraction=0.0,
     )  # fmt: skip
     data.setup()
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    reference = torchvision.datasets.ImageFolder(str(folder / "train"), transform=transform)
-    loaders = {
-        "symtrain": data.train_dataloader(),
-        "torchvision": torch.utils.data.DataLoader(
-            reference, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True
+    resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    train = str(folder / "train")
+    references = {
+        "torchvision_io": torchvision.datasets.ImageFolder(train, transform=resize, loader=_torchvision_jpeg),
+        "torchvision_pil": torchvision.datasets.ImageFolder(
+            train, transform=v2.Compose([v2.PILToTensor(), resize])
         ),
     }
+    loaders = {"symtrain": data.train_dataloader()}
+    for name, dataset in references.items():
+        loaders[name] = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True
+        )
     rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(sizes.rounds):
+    for _ in range(sizes.rounds + 1):  # the first round starts the workers: not counted
         for name, loader in loaders.items():
             start, count = time.perf_counter(), 0
             for batch in loader:
                 count += len(batch[1])
             rates[name].append(count / (time.perf_counter() - start))
-    symtrain_rate, torchvision_rate = median(rates["symtrain"]), median(rates["torchvision"])
+    rate = {name: median(values[1:]) for name, values in rates.items()}
     return {
-        "stream_images_per_s": symtrain_rate,
-        "torchvision_folder_images_per_s": torchvision_rate,
-        "stream_over_torchvision": symtrain_rate / torchvision_rate,
-        "photo_files": len(reference),
+        "stream_images_per_s": rate["symtrain"],
+        "torchvision_io_folder_images_per_s": rate["torchvision_io"],
+        "torchvision_pil_folder_images_per_s": rate["torchvision_pil"],
+        "stream_over_torchvision": rate["symtrain"] / rate["torchvision_io"],
+        "stream_over_torchvision_pil": rate["symtrain"] / rate["torchvision_pil"],
+        "photo_files": len(references["torchvision_io"]),
     }
+
+
+def _torchvision_jpeg(path: str) -> Tensor:
+    """torchvision.io's JPEG decoding, upright, RGB: what symtrain decodes JPEGs with."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    return decode_jpeg(read_file(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
 
 
 class _PerImage(torch.utils.data.Dataset):
@@ -1062,12 +1080,10 @@ def report(results: dict[str, Any]) -> str:
     if "stream_over_torchvision" in results:
         files = results["photo_files"]
         ratio = results["stream_over_torchvision"]
-        row(
-            f"streaming loader img/s / torchvision ImageFolder + DataLoader ({files} photos)",
-            ratio,
-            0.95,
-            True,
-        )
+        same = f"streaming loader img/s / torchvision ImageFolder + DataLoader, same decode ({files} JPEGs)"
+        row(same, ratio, 0.95, True)
+        pil = "streaming loader img/s / torchvision ImageFolder with its default PIL loader"
+        info(pil, results["stream_over_torchvision_pil"], "{:.2f}")
     if "streaming_memory" in results:
         peaks = {(r["storage"], r["num_train"]): r["peak_mb"] for r in results["streaming_memory"]}
         small, large = sorted({r["num_train"] for r in results["streaming_memory"]})
@@ -1120,7 +1136,8 @@ def report(results: dict[str, Any]) -> str:
     if "stream_images_per_s" in results:
         lines.append(
             f"photo loading: symtrain streaming {results['stream_images_per_s']:,.0f} img/s, torchvision "
-            f"ImageFolder {results['torchvision_folder_images_per_s']:,.0f} img/s"
+            f"ImageFolder {results['torchvision_io_folder_images_per_s']:,.0f} img/s (torchvision.io), "
+            f"{results['torchvision_pil_folder_images_per_s']:,.0f} img/s (PIL)"
         )
     if "scaling" in results:
         lines += [

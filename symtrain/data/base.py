@@ -189,7 +189,21 @@ class Batches(IterableDataset):
                 "use fewer processes or more images"
             )
         self.steps = max(1, math.ceil((self.count // world_size) / batch_size))
-        self.epoch, self.start = 0, 0  # which epoch to iterate, from which batch
+        # Which epoch to iterate, from which batch: in shared memory, so that loader workers kept
+        # from one epoch to the next (persistent) read what the main process set for this one.
+        self.place = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self.place[0])
+
+    @property
+    def start(self) -> int:
+        return int(self.place[1])
+
+    def go_to(self, epoch: int, start: int) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start`` on."""
+        self.place[0], self.place[1] = epoch, start
 
     def __len__(self) -> int:
         return self.steps
@@ -231,7 +245,7 @@ class TrainingLoader(DataLoader):
 
     Args:
         batches: the epochs' batches.
-        num_workers: loader workers (started afresh each epoch, with that epoch's place).
+        num_workers: loader workers (kept from epoch to epoch).
         current_epoch: the trainer's epoch (restored with the rest of a checkpoint); None counts
             the iterations.
     """
@@ -239,7 +253,9 @@ class TrainingLoader(DataLoader):
     def __init__(
         self, batches: Batches, num_workers: int, current_epoch: Callable[[], int] | None = None
     ) -> None:
-        super().__init__(batches, batch_size=None, num_workers=num_workers)
+        super().__init__(
+            batches, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0
+        )
         self.current_epoch = current_epoch
         self.epoch, self.taken = -1, 0
 
@@ -249,7 +265,7 @@ class TrainingLoader(DataLoader):
         epoch = self.current_epoch() if self.current_epoch else self.epoch + (0 if unfinished else 1)
         resumed = epoch == self.epoch and self.taken < len(self)
         self.epoch, self.taken = epoch, self.taken if resumed else 0
-        self.dataset.epoch, self.dataset.start = self.epoch, self.taken  # type: ignore[attr-defined]
+        self.dataset.go_to(self.epoch, self.taken)  # type: ignore[attr-defined]
         for batch in super().__iter__():
             self.taken += 1
             yield batch

@@ -69,10 +69,11 @@ def write_photo_folder(
     scale: tuple[float, float] = (1.0, 2.5),
     aspect: tuple[float, float] = (0.75, 1.33),
     prefix: str = "",
+    kinds: Sequence[tuple[str, str, int]] = KINDS,
 ) -> int:
     """Write ``root/<split>/<class>/<index>.<ext>`` for every image of every split: each one
     enlarged by a random factor in ``scale``, on a canvas of a random aspect ratio in
-    ``aspect``, in the next of :data:`KINDS`.
+    ``aspect``, in the next of ``kinds``.
 
     Args:
         root: the folder to write (its splits' directories must not exist yet).
@@ -82,6 +83,7 @@ def write_photo_folder(
         scale: range of the enlargement factors.
         aspect: range of the canvases' aspect ratios (width / height).
         prefix: starts every file name (so that several writes can share the folders).
+        kinds: the (format, mode, EXIF orientation) taken in turn (default: every kind).
 
     Returns:
         The number of files written.
@@ -106,7 +108,7 @@ def write_photo_folder(
                 max(1, round(side * ratios[index] ** 0.5)),
                 max(1, round(side / ratios[index] ** 0.5)),
             )
-            kind = KINDS[written % len(KINDS)]
+            kind = kinds[written % len(kinds)]
             image, exif = photo(pixels, kind, width, height)
             path = Path(root) / split / class_names[label] / f"{prefix}{index:06d}{_SUFFIX[kind[0]]}"
             path.parent.mkdir(parents=True, exist_ok=True)
