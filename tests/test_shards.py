@@ -300,3 +300,28 @@ def test_a_loader_resumes_where_its_position_says_and_refuses_another_layout() -
         other.resume_at(position)
     finished = {**position, "taken": position["steps"]}
     other.resume_at(finished)  # an epoch that ended: the next one is cut afresh
+
+
+def test_shards_are_read_from_an_object_store_url_through_litdatas_downloaders(tmp_path: Path) -> None:
+    """``local:`` is litdata's downloader for a directory, read as from a bucket (the same code
+    path as s3:// and gs://): files and chunks are downloaded into the cache first."""
+    indexed_folder(tmp_path / "folder", 30)
+    write_shards(str(tmp_path / "folder"), str(tmp_path / "shards"), num_workers=0)
+    local = ImageShards(str(tmp_path / "shards"), num_workers=0, batch_size=8)
+    remote = ImageShards(
+        f"local:{tmp_path / 'shards'}/", num_workers=0, batch_size=8, cache_dir=str(tmp_path / "cache")
+    )
+    assert remote.location.remote and remote.meta == local.meta
+    for data in (local, remote):
+        data.setup("fit")
+    for split in ("train", "val"):
+        assert torch.equal(
+            local.splits[split].sample(10, 0).images, remote.splits[split].sample(10, 0).images
+        )
+    val = [torch.cat([b[0] for b in data.val_dataloader()]) for data in (local, remote)]
+    assert torch.equal(val[0], val[1])
+    assert list((tmp_path / "cache").rglob("chunk-*.bin")), "the chunks were downloaded into the cache"
+    with pytest.raises(
+        SymtrainError, match=r"cannot read local:.*nowhere/symtrain-shards.json \(.*\): check the URL"
+    ):
+        ImageShards(f"local:{tmp_path / 'nowhere'}", cache_dir=str(tmp_path / "cache"))

@@ -5,7 +5,7 @@
 
 ``digits-folder`` writes the real digits as a folder of image files of every size, format and
 mode (:mod:`symtrain.data.photos`); ``shards`` converts an image folder into litdata shards
-(:mod:`symtrain.data.shards`) for streaming on clusters and shared file systems.
+(:mod:`symtrain.data.shards`) for clusters, shared file systems and object stores.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Image shards: a folder converted once into Lightning's litdata chunks and read from them,
-for clusters (one read per chunk rather than a file open per image) and shared or network file
-systems (a local or mounted directory: reading shards from an object store's URL is not wired
-up).
+for clusters (one read per chunk rather than a file open per image), shared or network file
+systems, and object stores: a shards directory copied to a bucket is read from its URL
+(``s3://``, ``gs://``, ``azure://``, ``r2://``, ``hf://``: litdata's downloaders, which
+download each chunk once into a cache).
 
     python -m symtrain data shards --root DIR --out SHARDS --image_size 64
     python -m symtrain fit --config configs/quickstart.yaml --config configs/data/shards.yaml \
@@ -24,8 +25,10 @@ rest of that epoch's batches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -147,22 +150,78 @@ def shards_parser():  # noqa: ANN201  (jsonargparse is imported by the command o
     return parser
 
 
+# The URL prefixes litdata downloads from ("local:" reads a directory the same way, with a cache).
+REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "hf://", "local:")
+
+
+class ShardsLocation:
+    """Where shards are: a local or mounted directory, or an object store's URL that litdata
+    reads, whose files are downloaded into ``cache_dir`` (default: a folder of the temporary
+    directory named after the URL).
+
+    Examples:
+        >>> ShardsLocation("s3://bucket/shards/").join("train", "index.json")
+        's3://bucket/shards/train/index.json'
+        >>> ShardsLocation("data/shards").remote
+        False
+    """
+
+    def __init__(self, root: str, cache_dir: str | None = None) -> None:
+        self.remote = root.startswith(REMOTE_PREFIXES)
+        self.root = root.rstrip("/") if self.remote else root
+        self.cache_dir = cache_dir
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if self.remote else os.path.join(self.root, *parts)
+
+    def read_text(self, *parts: str) -> str:
+        """A file's text (downloaded first from an object store).
+
+        Raises:
+            OSError: if it cannot be read (with the store's reason, for a URL).
+        """
+        if not self.remote:
+            return Path(self.join(*parts)).read_text()
+        from litdata.streaming.downloader import get_downloader
+
+        local = Path(self.files_cache(), *parts)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            get_downloader(self.root, str(local.parent), []).download_file(self.join(*parts), str(local))
+        except Exception as error:  # each store's client has its own errors (botocore, gcsfs, ...)
+            raise OSError(" ".join(str(error).split()) or type(error).__name__) from error
+        return local.read_text()
+
+    def files_cache(self) -> str:
+        """Where the files read from an object store are kept."""
+        name = hashlib.sha1(self.root.encode()).hexdigest()[:16]
+        return os.path.join(self.cache_dir or tempfile.gettempdir(), f"symtrain-shards-{name}")
+
+
 class ShardSplit(EncodedSplit):
     """One split of a shards directory: its labels (from ``symtrain-shards.json``) and images
     read by index through litdata's ``StreamingDataset`` (chunks memory-mapped), decoded as the
     folder's files are.
 
     Args:
-        directory: the split's litdata directory.
+        directory: the split's litdata directory (or URL).
         labels: the images' labels, in stored order.
         decoding: how the images are decoded.
+        index: the split's ``index.json``.
+        cache_dir: where litdata keeps chunks downloaded from an object store (None: its default).
     """
 
-    def __init__(self, directory: Path, labels: list[int], decoding: Decoding) -> None:
+    def __init__(
+        self,
+        directory: str,
+        labels: list[int],
+        decoding: Decoding,
+        index: dict[str, Any],
+        cache_dir: str | None,
+    ) -> None:
         super().__init__(torch.tensor(labels, dtype=torch.int64), decoding)
-        self.directory = directory
+        self.directory, self.cache_dir = directory, cache_dir
         # The chunks' sizes: a training epoch reads each chunk's images together.
-        index = json.loads((directory / "index.json").read_text())
         self.blocks = [int(chunk["chunk_size"]) for chunk in index["chunks"]]
         self._reader: tuple[int, Any] | None = None  # (process, litdata's StreamingDataset)
 
@@ -173,7 +232,7 @@ class ShardSplit(EncodedSplit):
         if self._reader is None or self._reader[0] != os.getpid():  # one reader per process
             import litdata  # here: its import (boto3 and more) costs every command a third of a second
 
-            self._reader = (os.getpid(), litdata.StreamingDataset(str(self.directory)))
+            self._reader = (os.getpid(), litdata.StreamingDataset(self.directory, cache_dir=self.cache_dir))
         sample = self._reader[1][index]
         return f"{self.directory}: {sample['name']}", sample["image"]
 
@@ -184,7 +243,8 @@ class ImageShards(ImageDataModule):
     workers, and a mid-epoch checkpoint resumes the epoch where it stopped.
 
     Args:
-        root: the shards directory (holding ``symtrain-shards.json``).
+        root: the shards directory (holding ``symtrain-shards.json``), or its URL in an object
+            store (``s3://bucket/shards``; credentials as the store's client finds them).
         image_size: side S the model sees; None: the conversion's (its ``--image_size``, or the
             images' own size when they were all one square size).
         mean: per-channel mean of the images in [0, 1]; None: the conversion's estimate.
@@ -194,6 +254,8 @@ class ImageShards(ImageDataModule):
         skip_unreadable: leave out samples that do not decode (counted in ``summary.json``).
         batch_size: samples per batch (per process).
         num_workers: loader worker processes per process; None: one per core, at most 8.
+        cache_dir: where shards read from an object store are kept (None: litdata's default for
+            the chunks, a folder of the temporary directory for the record and indexes).
 
     Examples:
         >>> ImageShards("no/such/shards")  # doctest: +ELLIPSIS
@@ -216,12 +278,14 @@ class ImageShards(ImageDataModule):
         skip_unreadable: bool = False,
         batch_size: int = 128,
         num_workers: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         workers = default_workers() if num_workers is None else num_workers
         super().__init__(batch_size, 0.0, workers, 0, False, train_transform, train_flip)
         self.root = root
         self.skip_unreadable = skip_unreadable
-        self.meta = self._read_meta(Path(root))
+        self.location = ShardsLocation(root, cache_dir)
+        self.meta, self.indexes = self._read_meta(self.location)
         self.class_names = list(self.meta["class_names"])
         self.num_classes = len(self.class_names)
         self.in_channels = int(self.meta["channels"])
@@ -237,48 +301,59 @@ class ImageShards(ImageDataModule):
         self.decoding = Decoding(self.in_channels, self.image_size, self.resize, skip_unreadable)
 
     @staticmethod
-    def _read_meta(root: Path) -> dict[str, Any]:
-        """The conversion's record, checked against the shards beside it."""
-        if not root.is_dir():
-            raise SymtrainError(
-                f"data.root {str(root)!r} is not a directory: convert an image folder with {_CONVERT} "
-                "and pass DIR"
-            )
-        if not os.access(root, os.R_OK | os.X_OK):
-            raise SymtrainError(f"data.root {str(root)!r} cannot be read: give this user read access to it")
+    def _read_meta(location: ShardsLocation) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The conversion's record and each split's ``index.json``, checked against each other."""
+        root = location.root
+        if not location.remote:
+            if not Path(root).is_dir():
+                raise SymtrainError(
+                    f"data.root {root!r} is not a directory: convert an image folder with {_CONVERT} "
+                    "and pass DIR"
+                )
+            if not os.access(root, os.R_OK | os.X_OK):
+                raise SymtrainError(f"data.root {root!r} cannot be read: give this user read access to it")
         try:
-            meta = json.loads((root / SHARDS_FILE).read_text())
-        except (OSError, ValueError):
+            meta = json.loads(location.read_text(SHARDS_FILE))
+        except (OSError, ValueError) as error:
+            if location.remote:
+                raise SymtrainError(
+                    f"cannot read {location.join(SHARDS_FILE)} ({error}): check the URL and the store's "
+                    f"credentials, or copy the shards directory there again"
+                ) from None
             meta = None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise SymtrainError(
-                f"{str(root)!r} holds no {SHARDS_FILE}: it is not (or not completely) a shards directory; "
+                f"{root!r} holds no {SHARDS_FILE}: it is not (or not completely) a shards directory; "
                 f"convert the image folder with {_CONVERT}"
             )
+        indexes = {}
         for name, split in meta["splits"].items():
             try:
-                index = json.loads((root / name / "index.json").read_text())
-                stored = sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
+                indexes[name] = json.loads(location.read_text(name, "index.json"))
+                stored = sum(int(chunk["chunk_size"]) for chunk in indexes[name]["chunks"])
             except (OSError, ValueError, KeyError, TypeError):
                 stored = None
             if stored is None:
                 raise SymtrainError(
-                    f"{str(root / name)!r} holds no shards (no readable index.json): convert the folder "
+                    f"{location.join(name)!r} holds no shards (no readable index.json): convert the folder "
                     f"again with {_CONVERT}"
                 )
             if stored != split["count"] or len(split["labels"]) != stored:
                 raise SymtrainError(
-                    f"{str(root / name)!r} holds {stored} images but {SHARDS_FILE} says {split['count']}: "
+                    f"{location.join(name)!r} holds {stored} images but {SHARDS_FILE} says {split['count']}: "
                     f"the shards come from another conversion; convert the folder again into a new directory"
                 )
-        return meta
+        return meta, indexes
 
     def setup(self, stage: str | None = None) -> None:
         # Here, not in __init__: litdata reads the processes' ranks when a dataset is built.
         if self.splits:
             return
+        location = self.location
         splits: dict[str, SplitSource] = {
-            name: ShardSplit(Path(self.root) / name, split["labels"], self.decoding)
+            name: ShardSplit(
+                location.join(name), split["labels"], self.decoding, self.indexes[name], location.cache_dir
+            )
             for name, split in self.meta["splits"].items()
         }
         if "test" not in splits:
