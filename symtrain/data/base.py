@@ -212,7 +212,7 @@ class Batches(IterableDataset):
         """Every image's index, in epoch ``epoch``'s order (the same in every process)."""
         if self.seed is None:
             return torch.arange(self.count)
-        # Each epoch its own stream (the seed may be any 64-bit number: torch's own, unseeded).
+        # Each epoch its own stream (from any 64-bit seed).
         generator = torch.Generator().manual_seed((self.seed + 1_000_003 * epoch) % 2**63)
         if self.blocks is None:
             return torch.randperm(self.count, generator=generator)
@@ -260,11 +260,12 @@ class TrainingLoader(DataLoader):
         self.epoch, self.taken = -1, 0
 
     def __iter__(self) -> Any:
-        unfinished = 0 < self.taken < len(self)
+        finished = self.taken >= len(self)
         # Without a trainer (a loader used on its own), each iteration is the next epoch.
-        epoch = self.current_epoch() if self.current_epoch else self.epoch + (0 if unfinished else 1)
-        resumed = epoch == self.epoch and self.taken < len(self)
-        self.epoch, self.taken = epoch, self.taken if resumed else 0
+        epoch = self.current_epoch() if self.current_epoch else self.epoch + (finished or not self.taken)
+        if epoch != self.epoch or finished:  # a new epoch; else the rest of a resumed one
+            self.taken = 0
+        self.epoch = epoch
         self.dataset.go_to(self.epoch, self.taken)  # type: ignore[attr-defined]
         for batch in super().__iter__():
             self.taken += 1

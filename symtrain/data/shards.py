@@ -48,12 +48,6 @@ FORMAT = "symtrain-shards/1"
 _CONVERT = "python -m symtrain data shards --root FOLDER --out DIR"
 
 
-def _sample(item: tuple[str, int, str]) -> dict[str, Any]:
-    """One shard sample: the image file's bytes, its label and its name."""
-    path, label, name = item
-    return {"image": Path(path).read_bytes(), "label": label, "name": name}
-
-
 def _unreadable_files(split: FileSplit, num_workers: int) -> list[str]:
     """Decode every image of ``split`` once (in the loader's workers), keeping nothing; return
     the names of those that do not decode."""
@@ -120,8 +114,9 @@ def write_shards(
         from litdata.streaming.writer import BinaryWriter
 
         writer = BinaryWriter(str(target / name), chunk_bytes=chunk_bytes)
-        for position, index in enumerate(keep):
-            writer[position] = _sample((split.source(index)[0], int(split.labels[index]), split.name(index)))
+        for position, index in enumerate(keep):  # the file's bytes, its label and its name
+            image = Path(split.source(index)[0]).read_bytes()
+            writer[position] = {"image": image, "label": int(split.labels[index]), "name": split.name(index)}
         writer.done()
         writer.merge()
         meta_splits[name] = {"count": len(keep), "labels": [int(split.labels[index]) for index in keep]}
