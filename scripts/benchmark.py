@@ -717,7 +717,7 @@ def scaling(root: Path, accelerator: str, device: torch.device, sizes: Sizes) ->
 
 # --- 7: what a fit costs beyond training ---
 
-COST_PARTS = ("startup", "sanity", "train", "validate", "measure", "test")
+COST_PARTS = ("startup", "sanity", "train", "validate", "measure_val", "measure_test", "test")
 
 
 def fit_cost(root: Path, accelerator: str, sizes: Sizes) -> dict[str, Any]:
@@ -733,7 +733,9 @@ def fit_cost(root: Path, accelerator: str, sizes: Sizes) -> dict[str, Any]:
     total = time.perf_counter() - start
     seconds = json.loads((root / "cost" / "cost" / "summary.json").read_text())["seconds"]
     parts = {part: seconds.get(part, 0.0) for part in COST_PARTS}
-    return {"fit_cost": {"total": total, **parts, "other": total - sum(parts.values())}}
+    flags = list(sizes.cost_flags)
+    epochs = int(flags[flags.index("--trainer.max_epochs") + 1])
+    return {"fit_cost": {"total": total, **parts, "other": total - sum(parts.values()), "epochs": epochs}}
 
 
 def compare_startup(root: Path, sizes: Sizes) -> dict[str, float]:
@@ -1071,8 +1073,13 @@ def report(results: dict[str, Any]) -> str:
         info("one-step quickstart fit, process start to exit (s)", results["first_step_fit_s"], "{:.2f}")
     if "fit_cost" in results:
         cost = results["fit_cost"]
+        epoch = cost["train"] / cost["epochs"]
+        row("real-digit fit: test-time equivariance measurements / one training epoch",
+            cost["measure_test"] / epoch, 2.0, False)  # fmt: skip
+        info("real-digit fit: measurements during fit (every 2nd epoch on 64 val images) / one epoch",
+             cost["measure_val"] / epoch)  # fmt: skip
         loop = (cost["train"] + cost["validate"] + cost["sanity"]) / cost["total"]
-        row("real-digit fit: training loop (train + validation) / wall time, start to exit", loop, 0.80, True)
+        info("real-digit fit: training loop (train + validation) / wall time, start to exit", loop)
         info("real-digit fit: training epochs alone / wall time", cost["train"] / cost["total"])
         forked, fresh = results["compare_cell_startup_forked_s"], results["compare_cell_startup_fresh_s"]
         info("compare: start-up of a cell forked from the import server (s)", forked, "{:.2f}")

@@ -1,8 +1,9 @@
 """symtrain: train and compare how neural networks get their symmetry.
 
 Compose a model from a backbone (plain, anti-aliased, group-equivariant) and a symmetry
-strategy (architectural, augmentation), train it with ``python -m symtrain fit``, and read its
-invariance and accuracy side by side with other approaches.
+strategy (no symmetry, architectural, augmentation, group averaging or canonicalization), train
+it with ``python -m symtrain fit``, and read its invariance and accuracy side by side with other
+approaches.
 """
 
 from typing import Any

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, Trainer
@@ -135,13 +134,23 @@ class SymtrainCLI(LightningCLI):
         """Only here do model and data meet: a backbone's exact claims may depend on the image
         size, its total stride must fit in the images, and segmentation needs masks."""
         backbone, size = self.model.net.backbone, self.datamodule.image_size
-        if size < backbone.total_stride and not _runs_at(backbone, self.datamodule.in_channels, size):
+        stride, channels = backbone.total_stride, self.datamodule.in_channels
+        if not backbone.runs_at(size, channels):
+            # The next multiple of the total stride that runs (a layer's padding may need a
+            # larger map than one cell; some layers need sides that divide evenly).
+            multiples = range(max(stride, size + -size % stride), 4 * max(size, stride) + 1, stride)
+            fit = next((side for side in multiples if backbone.runs_at(side, channels)), None)
+            fix = f"pass e.g. --data.image_size {fit}" if fit else "choose a shallower backbone"
+            if size < stride:
+                raise SymtrainError(
+                    f"data.image_size {size} is too small for {backbone.name} (total stride "
+                    f"{stride}): its coarsest feature map would be empty; {fix}"
+                )
             raise SymtrainError(
-                f"data.image_size {size} is too small for {backbone.name} (total stride "
-                f"{backbone.total_stride}): its coarsest feature map would be empty; pass "
-                f"--data.image_size {backbone.total_stride} or more, or a shallower backbone"
+                f"{backbone.name} cannot run on {size}x{size} images (a layer's map is smaller than "
+                f"its padding or kernel, or two maps added differ in size): {fix}"
             )
-        self.model.symmetry.check(backbone, size)
+        self.model.symmetry.check(backbone, size, dense=self.model.segmentation)
         if self.model.segmentation:
             if not self.datamodule.has_masks:
                 raise SymtrainError(
@@ -221,19 +230,6 @@ class SymtrainCLI(LightningCLI):
                 ckpt_path=best or None,
                 verbose=not self.run_options.quiet,
             )
-
-
-def _runs_at(backbone: torch.nn.Module, channels: int, size: int) -> bool:
-    """Whether ``backbone`` maps one image of side ``size`` to a non-empty feature map (images
-    smaller than its total stride may still, through padding: ImageNet ResNets on 28 pixels)."""
-    was_training = backbone.training
-    try:
-        with torch.no_grad():
-            return backbone.eval()(torch.zeros(1, channels, size, size)).numel() > 0
-    except RuntimeError:  # e.g. a pooling window larger than its input
-        return False
-    finally:
-        backbone.train(was_training)
 
 
 def user_error(error: BaseException | None) -> BaseException | None:

@@ -186,7 +186,7 @@ class SymmetryModule(pl.LightningModule):
         self.num_outputs = self.task.outputs(num_classes)
         self.symmetry = symmetry if symmetry is not None else NoSymmetry()
         plain = self.task.network(Normalize(mean, std), backbone(in_channels), self.num_outputs)
-        self.symmetry.check(plain.backbone)
+        self.symmetry.check(plain.backbone, dense=self.segmentation)
         # The network the strategy makes of it (itself, or a wrapper that averages or
         # canonicalises): what every step, measurement, prediction and reload runs.
         self.net = self.symmetry.wrap(plain)

@@ -486,13 +486,14 @@ class Rotation(TransformFamily):
 
     Interpolated: only multiples of 90 degrees are exact on a pixel grid, so measurements
     take place on the inscribed disk (``frame = "disk"``), where a rotation only interpolates.
-    Element: the angle in degrees, counter-clockwise. The test elements are evenly spread over
+    Element: the angle in degrees, counter-clockwise. The test elements are spread over
     [-d, d], a quarter of the range apart, offset by the golden ratio of a step:
-    -d + (k + 0.618) d / 2, k = 0..3 (-124.4, -34.4, 55.6 and 145.6 degrees for the full circle).
-    Each is at least 10 degrees from every multiple of 22.5 degrees (the elements of C4, C8
-    and C16, the groups the shipped escnn configs build in), so no such model is flattered by
-    meeting its own elements (C8 is exactly invariant at 45 degrees, and only there); none is
-    nearer the identity than 0.19 d.
+    -d + (k + 0.618) d / 2, k = 0..3 (-124.4, -34.4, 55.6 and 145.6 degrees for the full circle),
+    each then moved, where needed, to the nearest angle in range that is at least
+    min(10, d / 2) degrees from every multiple of 22.5 degrees: the elements of C4, C8 and C16
+    (the groups the shipped escnn configs build in), so no such model is flattered by meeting
+    its own elements (C8 is exactly invariant at 45 degrees, and only there), and the identity,
+    so no element is a near-identity that any model passes (for d = 15: -10.4, -7.5, 7.5, 12.1).
 
     Args:
         degrees: angles are drawn uniformly from [-degrees, degrees]; 180 covers the circle.
@@ -510,9 +511,18 @@ class Rotation(TransformFamily):
 
     def test_elements(self) -> Tensor:
         golden = (math.sqrt(5) - 1) / 2  # 0.618...
-        return (-self.degrees + (torch.arange(4.0, dtype=torch.float64) + golden) * self.degrees / 2)[
-            :, None
-        ].float()
+        spread = -self.degrees + (torch.arange(4.0, dtype=torch.float64) + golden) * self.degrees / 2
+        margin = min(10.0, self.degrees / 2)
+
+        def clear(angles: Tensor) -> Tensor:  # far enough from every multiple of 22.5 degrees
+            offset = torch.remainder(angles, 22.5)
+            return torch.minimum(offset, 22.5 - offset) >= margin - 1e-9
+
+        # Where an element is too near, the nearest clear angle on a 0.01 degree grid of the range.
+        grid = torch.linspace(-self.degrees, self.degrees, round(200 * self.degrees) + 1, dtype=torch.float64)
+        admissible = grid[clear(grid)]
+        nearest = admissible[(spread[:, None] - admissible[None]).abs().argmin(dim=1)]
+        return torch.where(clear(spread), spread, nearest)[:, None].float()
 
     def inverse(self, elements: Tensor) -> Tensor:
         return -elements

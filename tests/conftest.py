@@ -2,6 +2,12 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Drawn settings (hypothesis) are the same on every run: a fixed seed, no example database
+# carried between runs, and no deadline (building a model takes longer than hypothesis's 200 ms).
+settings.register_profile("symtrain", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile("symtrain")
 
 # Tests never touch the network or a wandb account, and stay quiet.
 os.environ.setdefault("WANDB_MODE", "offline")

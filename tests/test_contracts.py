@@ -10,12 +10,16 @@ import copy
 import importlib
 import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 import symtrain
 from symtrain.backbones import Backbone
@@ -51,6 +55,12 @@ def test_every_kind_has_plugins() -> None:
     """Discovery finds what ships (a broken import would silently test nothing)."""
     names = {cls.__name__ for base in (Backbone, TransformFamily, SymmetryStrategy) for cls in shipped(base)}
     assert {"StandardCNN", "ResNet", "EquivariantWideResNet", "Rot90", "Diffeo", "Augmentation"} <= names
+
+
+def test_the_package_docstring_names_every_strategy() -> None:
+    for cls in shipped(SymmetryStrategy):
+        words = re.sub(r"(?<!^)([A-Z])", r" \1", cls.__name__).lower()  # GroupAveraging: group averaging
+        assert words in " ".join(symtrain.__doc__.split()), cls
 
 
 def relative_change(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -137,6 +147,84 @@ class TestBackboneContract:
         state = backbone.state_dict()
         assert backbone.without_cache(state).keys() == state.keys()  # what it saves is all weights
         assert isinstance(backbone.unsyncable_norms(), tuple)
+
+
+def exact_claims_hold(net: nn.Module, claims: Any, images: torch.Tensor, dense: bool) -> None:
+    """Every ``exact`` claim of ``claims`` on ``net`` under each of the family's test elements: the
+    pooled features invariant (``dense``: the per-pixel outputs equivariant), relative change
+    below 1e-5, in eval mode and in train mode (batch statistics; dropout, noise by design, off)."""
+    for training in (False, True):
+        net.train(training)
+        for module in net.modules():
+            if "Dropout" in type(module).__name__:  # torch's and escnn's (FieldDropout, ...)
+                module.eval()
+        with torch.no_grad():
+            reference = net(images)
+            for family in [f for f, how in claims.items() if how == "exact"]:
+                for element in family.test_elements():
+                    elements = element.expand(len(images), -1)
+                    moved = net(family.apply(images, elements))
+                    if dense:
+                        change = relative_change(family.apply(reference, elements), moved)
+                    else:
+                        change = relative_change(reference.mean((-2, -1)), moved.mean((-2, -1)))
+                    assert change < 1e-5, (family, element.tolist(), "train" if training else "eval", change)
+
+
+DRAWN = [pytest.param(cls, id=cls.__name__) for cls in shipped(Backbone) if cls.setting_ranges]
+
+
+def test_every_backbone_says_what_its_settings_range_over() -> None:
+    assert {param.values[0] for param in DRAWN} == set(shipped(Backbone))
+
+
+@pytest.mark.parametrize("cls", DRAWN)
+@settings(max_examples=50)
+@given(data=st.data())
+def test_every_exact_claim_holds_for_drawn_settings(cls: type[Backbone], data: st.DataObject) -> None:
+    """Settings drawn from the ranges the class accepts (``setting_ranges``), an image size
+    drawn among those it accepts (odd and even, from its total stride up): the forward pass
+    runs, ``encode`` returns the declared pyramid, and every exact claim of the pooled features
+    and of the dense form holds in eval and train mode. A setting the class refuses says why in
+    one line; one that cannot be exact declares "approximate"."""
+    ranges = {key: st.sampled_from(values) for key, values in cls.setting_ranges.items()}
+    kwargs = data.draw(st.fixed_dictionaries(ranges), label="settings")
+    in_channels = data.draw(st.sampled_from((1, 3)), label="in_channels")
+    torch.manual_seed(0)
+    try:
+        backbone = cls(in_channels, **copy.deepcopy(kwargs))
+    except SymtrainError as error:
+        assert len(str(error).splitlines()) == 1
+        return
+    stride = backbone.total_stride
+    problems = {size: backbone.input_size_problem(size) for size in range(max(stride, 8), 4 * stride + 10)}
+    assert all(len(problem.splitlines()) == 1 for problem in problems.values() if problem)
+    # The sizes a run accepts: its exact claims hold there, and the CLI refuses the rest in one line.
+    accepted = [size for size, problem in problems.items() if problem is None]
+    drawn = data.draw(st.sampled_from([size for size in accepted if size < 2 * stride + 10]), label="size")
+    # Too small a map for a layer's padding, or maps of two sizes added (on some odd sides):
+    # the CLI refuses such a size in one line naming one that runs. The next accepted one must.
+    runs = (size for size in accepted if size >= drawn and backbone.runs_at(size, in_channels))
+    size = next(runs, None)
+    assert size is not None, f"{backbone.name} runs at none of the sizes it accepts from {drawn}"
+    images = torch.rand(2, in_channels, size, size, generator=torch.Generator().manual_seed(size))
+
+    exact_claims_hold(backbone, backbone.declared_symmetries(), images, dense=False)
+    declared = backbone.feature_info()
+    if declared:
+        with torch.no_grad():
+            pyramid = backbone.eval().encode(images)
+        maps = [*pyramid.skips, pyramid.bottom]
+        assert [m.shape[1] for m in maps] == [f.channels for f in declared]
+        for features, feature in zip(maps, declared, strict=True):
+            assert size // feature.stride <= features.shape[-1] <= -(-size // feature.stride), feature
+    try:
+        dense = SegmentationNet(Normalize([0.5] * in_channels, [0.5] * in_channels), backbone, 3)
+    except SymtrainError as error:
+        assert len(str(error).splitlines()) == 1
+        return
+    assert set(backbone.dense_symmetries()) <= set(backbone.declared_symmetries())
+    exact_claims_hold(dense, backbone.dense_symmetries(), images, dense=True)
 
 
 FAMILIES = [

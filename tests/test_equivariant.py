@@ -147,6 +147,23 @@ def test_declarations_drive_the_architectural_strategy() -> None:
     assert declared_exactness(c6.declared_symmetries(), Rot90()) is None
 
 
+@pytest.mark.parametrize("kwargs", [{"group": "O2", "grid_size": 6}, {"group": "D", "order": 3}])
+def test_without_a_half_turn_only_the_groups_own_mirror_is_exact(kwargs: dict) -> None:
+    """An O(2) grid of 6 samples holds 3 rotations, D3 as many: no half turn, so the vertical
+    flip (the horizontal one composed with it) is not in the group, and measures so."""
+    torch.manual_seed(0)
+    backbone = EquivariantCNN(1, width=4, depth=2, **kwargs).eval()
+    declared = backbone.declared_symmetries()
+    assert declared_exactness(declared, Flip("horizontal")) == "exact"
+    assert declared_exactness(declared, Flip("vertical")) is None
+    images = torch.rand(4, 1, 29, 29, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pooled = {axis: backbone(images.flip(axis)).mean((-2, -1)) for axis in (-1, -2)}
+        reference = backbone(images).mean((-2, -1))
+    assert relative_error(reference, pooled[-1]) < 1e-5
+    assert relative_error(reference, pooled[-2]) > 1e-3
+
+
 def test_restricted_model_keeps_rotations_and_loses_reflections() -> None:
     torch.manual_seed(0)
     backbone = EquivariantCNN(1, "D", 4, width=8, depth=2, restrict_from_stage=1)
@@ -171,7 +188,7 @@ def test_width_rules() -> None:
     [
         ({"group": "C", "order": 0}, "N >= 1"),
         ({"kernel_size": 4}, "must be odd"),
-        ({"group": "C", "restrict_from_stage": 1}, "needs a D or O2 group"),
+        ({"group": "C", "restrict_from_stage": 1}, "needs a D_N .N >= 2. or O2 group"),
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:

@@ -67,6 +67,19 @@ MISTAKES = [
         + ["--data.image_size", "30"],
         "multiple of its total stride 8, not 30: resize the data (e.g. --data.image_size 24)",
     ),
+    (
+        ["--model.backbone", "AntialiasedCNN", "--model.backbone.filter_size", "7"]
+        + ["--model.backbone.depth", "3", "--data.image_size", "8"],
+        "AntialiasedCNN-blur cannot run on 8x8 images (a layer's map is smaller than its padding or "
+        "kernel, or two maps added differ in size): pass e.g. --data.image_size 16",
+    ),
+    (
+        ["--config", str(ROOT / "configs" / "task" / "segmentation.yaml"), "--model.backbone", "ResNet"]
+        + ["--model.backbone.depth", "18", "--model.backbone.downsample", "aps"]
+        + ["--model.symmetry", "Architectural"]
+        + ["--model.symmetry.families", "[CircularShift]"],
+        "ResNet does not declare exact circular_shift equivariance of its dense form",
+    ),
     (["--ckpt_path", "{tmp}/missing.ckpt"], "missing.ckpt' does not exist: pass a .ckpt file or a run"),
     (["--ckpt_path", "{tmp}/a-file"], "cannot read checkpoint"),
 ]

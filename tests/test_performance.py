@@ -453,7 +453,7 @@ def check_backbone_sections(figures: dict[str, Any], stdout: str) -> None:
 def check_process_sections(figures: dict[str, Any], stdout: str) -> None:
     assert 0 < figures["startup_help_s"] < figures["startup_fit_help_s"] < 300
     cost = figures["fit_cost"]  # a real-digit fit, timed from outside and split by its summary
-    assert cost["train"] > 0 and cost["measure"] > 0 and cost["startup"] < cost["total"]
+    assert cost["train"] > 0 and cost["measure_test"] > 0 and cost["startup"] < cost["total"]
     assert 0 < figures["compare_cell_startup_forked_s"] and 0 < figures["compare_cell_startup_fresh_s"]
     assert "real-digit fit" in stdout
 

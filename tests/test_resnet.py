@@ -45,6 +45,19 @@ def test_aps_resnet_is_exactly_invariant_to_every_circular_shift(depth: int, ste
     assert pooled_change_under_shifts(net, size, offsets) < 1e-12
 
 
+@pytest.mark.parametrize("filter_size", [2, 4, 6])
+def test_even_blur_filters_keep_the_declared_sizes_and_the_exact_claim(filter_size: int) -> None:
+    """4 taps is the default of the antialiased-cnns and APS code: each stage halves the map
+    as ``feature_info`` says (16/8/4 at 32, not 17/9/5), and APS stays exact under a roll."""
+    torch.manual_seed(0)
+    for downsample in ("blur", "aps"):
+        net = ResNet(3, downsample=downsample, width=4, filter_size=filter_size).eval()
+        with torch.no_grad():
+            maps = net.layer_outputs(torch.rand(1, 3, 32, 32))
+        assert [m.shape[-1] for m in maps.values()] == [32 // f.stride for f in net.feature_info()]
+    assert pooled_change_under_shifts(net, 32, [(3, 5), (1, 0)]) < 1e-12
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"downsample": "max"}, {"downsample": "blur"}, {"downsample": "aps", "circular": False}]
 )

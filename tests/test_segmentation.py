@@ -21,6 +21,7 @@ from symtrain.data import ImageFolder, Split, SyntheticShapes
 from symtrain.data.synthetic import render_shapes
 from symtrain.errors import SymtrainError
 from symtrain.metrics import EquivarianceMetrics
+from symtrain.metrics.base import Batch
 from symtrain.metrics.functional import centred, measured_masks, visible_region
 from symtrain.module import Normalize, SegmentationNet
 from symtrain.symmetry import Augmentation
@@ -256,6 +257,106 @@ def test_a_position_dependent_map_measures_its_analytic_error() -> None:
     expected = moved.double().mean() / pairs.mean()
     assert values["test/equiv/rot90/equivariance_error"] == pytest.approx(expected.item(), rel=1e-4)
     assert values["test/equiv/rot90/consistency"] < 0.99
+
+
+def reference_massc(net: nn.Module, images: Tensor, shifts: Tensor, max_shift: int, circular: bool) -> float:
+    """learn_poly_sampling's mASSC, written out one image and one shift at a time: f(x) against
+    f of the shifted image, the circular one rolled back and compared everywhere
+    (``mASSC_circular``), the linear one cut from the image zero-padded by the largest shift
+    (``BaseSegmentation._shifts``, which moves the content by −rolls) and compared on the crops
+    both predictions share (``mASSC``); the mean over images and shifts. ``shifts`` (N, 2):
+    how far symtrain's element moves the content, so rolls = −shift for the linear one."""
+    scores = []
+    with torch.no_grad():
+        for image, (dy, dx) in zip(images, shifts.long().tolist(), strict=True):
+            x = image[None]
+            y_hat = net(x)
+            if circular:
+                y_roll = torch.roll(net(torch.roll(x, (dy, dx), dims=(-2, -1))), (-dy, -dx), dims=(-2, -1))
+                scores.append((y_hat.argmax(1) == y_roll.argmax(1)).float().mean().item())
+                continue
+            rolls, m = (-dy, -dx), max_shift
+            h, w = x.shape[-2:]
+            padded = nn.functional.pad(x, (m, m, m, m))
+            y_shift = net(padded[:, :, rolls[0] + m : rolls[0] + m + h, rolls[1] + m : rolls[1] + m + w])
+            (y1_h0, y1_h1, y2_h0, y2_h1), (y1_w0, y1_w1, y2_w0, y2_w1) = (
+                (o, n, 0, n - o) if o >= 0 else (0, n + o, -o, n) for o, n in zip(rolls, (h, w), strict=True)
+            )
+            y1 = y_hat[:, :, y1_h0:y1_h1, y1_w0:y1_w1].argmax(1)
+            y2 = y_shift[:, :, y2_h0:y2_h1, y2_w0:y2_w1].argmax(1)
+            scores.append((y1 == y2).float().mean().item())
+    return sum(scores) / len(scores)
+
+
+def massc_values(
+    net: nn.Module, families: list, draws: int = 2, noise: bool = False
+) -> tuple[dict[str, float], Tensor]:
+    """mASSC of ``net`` through the callback on 24 mask images (or, with ``noise``, uniform
+    noise, whose content reaches the border), and the images it measured."""
+    images, masks, labels = mask_images(24)
+    if noise:
+        images = torch.rand(images.shape, generator=torch.Generator().manual_seed(4))
+    split = Split((images * 255).round().to(torch.uint8), labels, masks)
+    callback = EquivarianceMetrics(families, ["massc"], test_num_samples=24, draws=draws)
+    values = measure(net, split, callback, segmentation=True, num_outputs=9)
+    return values, callback._subsets[("test", id(split))].images.float() / 255
+
+
+@pytest.mark.parametrize("family", [Shift(5), CircularShift(5)], ids=repr)
+def test_massc_is_the_reference_protocol(family) -> None:
+    """mASSC against learn_poly_sampling's code on a briefly trained U-Net: one shift of the
+    image against the image itself, on its own frame, over the pixels that stay (all of them
+    for a roll). symtrain's mASSC before (two shifts on a canvas padded by m, its zero border
+    counted) gives another value."""
+    from symtrain.metrics.massc import reference_shifts  # the reference's range
+
+    torch.manual_seed(0)
+    net = SegmentationNet(Normalize([0.1], [0.2]), StandardCNN(1, width=4, depth=2), num_classes=9)
+    net = trained_briefly(net, 32)
+    values, images = massc_values(net, [family], draws=2)
+    count = len(images)
+    batch = Batch(net, images, torch.zeros(count), True, 9, torch.arange(count), count, 0)
+    circular = isinstance(family, CircularShift)
+    expected = [
+        reference_massc(net, images, reference_shifts(batch, family, d), 5, circular) for d in range(2)
+    ]
+    assert values[f"test/equiv/{family.name}/massc"] == pytest.approx(sum(expected) / 2, abs=1e-6)
+    assert values[f"test/equiv/{family.name}/massc"] < 0.99  # this U-Net does not follow every shift
+
+
+def test_massc_known_answers() -> None:
+    """A per-pixel map follows every shift: 100%. A network of circular convolutions follows
+    every roll exactly (100% under circular_shift), not a zero-fill shift of its frame, where
+    the content it would wrap around is gone: below 100% (on a canvas padded by m, which no
+    shift leaves, every shift is a roll, and the old protocol gave it 100%)."""
+    pointwise = SegmentationNet(Normalize([0.0], [1.0]), Pointwise(), 9).eval()
+    values, _ = massc_values(pointwise, [Shift(5), CircularShift(5)])
+    assert values["test/equiv/shift/massc"] == 1.0 and values["test/equiv/circular_shift/massc"] == 1.0
+    torch.manual_seed(0)
+    wrapping = nn.Sequential(
+        nn.Conv2d(1, 8, 5, padding=2, padding_mode="circular"),
+        nn.Tanh(),
+        nn.Conv2d(8, 9, 5, padding=2, padding_mode="circular"),
+    ).eval()
+    values, _ = massc_values(wrapping, [Shift(5), CircularShift(5)], noise=True)
+    assert values["test/equiv/circular_shift/massc"] == 1.0
+    assert values["test/equiv/shift/massc"] < 0.95
+
+
+def test_massc_shifts_cover_the_reference_range() -> None:
+    """Integers uniform in [-m, m]² with both ends (numpy's randint(-m, m + 1)), multiples of
+    the stride for a strided circular family; each image's own, whatever the batching."""
+    from symtrain.metrics.massc import reference_shifts
+
+    count, images = 4000, torch.zeros(4000, 1, 2, 2)
+    batch = Batch(nn.Identity(), images, torch.zeros(count), True, 2, torch.arange(count), count, 3)
+    shifts = reference_shifts(batch, Shift(3), 0)
+    assert sorted(set(shifts.flatten().tolist())) == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+    assert shifts.flatten().long().add(3).bincount().min() > count * 2 / 7 * 0.8
+    strided = reference_shifts(batch, CircularShift(8, stride=4), 1)
+    assert sorted(set(strided.flatten().tolist())) == [-8.0, -4.0, 0.0, 4.0, 8.0]
+    half = Batch(nn.Identity(), images[:10], torch.zeros(10), True, 2, torch.arange(100, 110), count, 3)
+    assert torch.equal(reference_shifts(half, Shift(3), 0), shifts[100:110])
 
 
 # ---- data with masks -------------------------------------------------------------------------

@@ -7,7 +7,18 @@ import math
 
 import pytest
 import torch
-from test_metrics import BACKBONES, GlobalMean, cnn, measure, plain_net, random_split, shapes_split
+from test_metrics import (
+    BACKBONES,
+    GlobalMean,
+    SmoothCNN,
+    bordered_images,
+    cnn,
+    measure,
+    plain_net,
+    random_split,
+    shapes_split,
+    warp,
+)
 from torch import Tensor, nn
 
 from symtrain.backbones import Backbone, StandardCNN
@@ -20,22 +31,6 @@ from symtrain.symmetry import Augmentation
 from symtrain.transforms import CircularShift, Diffeo, Shift, disk_mask
 
 
-def warp(images: Tensor, generator: str, t: float) -> Tensor:
-    """The generator's flow for time t, written out independently of the measure: bilinear
-    resampling at p − t·v(p), zero fill (first order in t, which a symmetric difference needs)."""
-    (a, b), (c, d) = GENERATORS[generator][0]
-    bx, by = GENERATORS[generator][1]
-    height, width = images.shape[-2:]
-    y = torch.arange(height, dtype=images.dtype)[:, None].expand(height, width)
-    x = torch.arange(width, dtype=images.dtype)[None, :].expand(height, width)
-    cx, cy = x - (width - 1) / 2, y - (height - 1) / 2
-    sx = x - t * (a * cx + b * cy + bx)
-    sy = y - t * (c * cx + d * cy + by)
-    grid = torch.stack([sx / (width - 1) * 2 - 1, sy / (height - 1) * 2 - 1], dim=-1)
-    grid = grid.expand(len(images), -1, -1, -1)
-    return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
 def smooth_images(count: int = 3, size: int = 21) -> Tensor:
     """Gaussian blobs well inside the frame: derivatives of the warp are those of a smooth image."""
     generator = torch.Generator().manual_seed(1)
@@ -46,27 +41,6 @@ def smooth_images(count: int = 3, size: int = 21) -> Tensor:
         sigma = 2.0 + torch.rand(1, generator=generator).item()
         images.append(torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)))
     return torch.stack(images)[:, None].double()
-
-
-class SmoothCNN(Backbone):
-    """Convolutions, tanh and average pooling: differentiable everywhere. (Max-pooling is not
-    where a window ties, as everywhere in the zeros outside the disk: there a difference
-    quotient and the derivative disagree however small the step.)"""
-
-    out_channels = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.Tanh(),
-            nn.AvgPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1),
-            nn.Tanh(),
-        )
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images)
 
 
 def small_net(classes: int = 5) -> SymmetryNet:
@@ -84,7 +58,7 @@ def test_lie_derivative_is_the_derivative_of_the_softmax_along_the_flow(generato
         eps = 1e-6  # the bilinear warp's cross terms are O(eps · velocity), velocities up to 10 px
         probabilities = [net(warp(framed, generator, s * eps)).softmax(dim=1) for s in (1, -1)]
     difference = (probabilities[0] - probabilities[1]) / (2 * eps)
-    assert derivative.abs().max() > 1e-4  # a CNN is not invariant to any of them
+    assert derivative.abs().max() > 5e-5  # a CNN is not invariant to any of them
     assert torch.allclose(derivative, difference, rtol=1e-3, atol=1e-6), (derivative - difference).abs().max()
 
 
@@ -142,11 +116,12 @@ def test_lie_derivative_units_and_known_answers() -> None:
         assert lie_derivative(constant, images, generator).abs().max() == 0
 
 
-def test_dense_lie_derivative_warps_the_output_back() -> None:
-    """For segmentation L f = d/dt g_t⁻¹·softmax f(g_t·x): against the symmetric difference."""
+@pytest.mark.parametrize("images", [smooth_images(2, 16), bordered_images(2, 16)], ids=["inside", "bordered"])
+def test_dense_lie_derivative_warps_the_output_back(images: Tensor) -> None:
+    """For segmentation L f = d/dt g_t⁻¹·softmax f(g_t·x): against the symmetric difference,
+    both warps mirroring the image at the border (content inside the frame, and reaching it)."""
     torch.manual_seed(0)
     net = SegmentationNet(Normalize([0.1], [0.25]), StandardCNN(1, width=4, depth=1), 3).double().eval()
-    images = smooth_images(2, 16)
     eps = 1e-6
     with torch.no_grad():
         derivative = lie_derivative(net, images, "translation_x", dense=True)
@@ -228,11 +203,14 @@ def test_diffeo_augmentation_is_apply_with_the_elements_it_drew() -> None:
     assert (out - images).abs().mean() > 0.01
 
 
-def test_identity_map_gives_r_f_one_and_an_invariant_map_zero() -> None:
+def test_identity_map_gives_r_f_mean_one_and_an_invariant_map_zero() -> None:
     split = random_split(count=8, size=15)
     callback = EquivarianceMetrics([Shift(2)], measures=["diffeo"], draws=3)
     values = measure(Identity(), split, callback)
-    assert math.isclose(values["test/diffeo/R_f"], 1.0, rel_tol=1e-6)
+    # the paper's written ratio of means: ‖η‖ = ‖τx − x‖ per image (the reference code's
+    # medians keep no such exact value)
+    assert math.isclose(values["test/diffeo/R_f_mean"], 1.0, rel_tol=1e-6)
+    assert values["test/diffeo/R_f"] > 0
     assert values["test/diffeo/D_f"] > 0
     # the border pixels never move under these diffeomorphisms; noise moves them
     values = measure(BorderPixel(), split, callback)
@@ -241,6 +219,8 @@ def test_identity_map_gives_r_f_one_and_an_invariant_map_zero() -> None:
 
 
 def test_r_f_against_the_formula_written_out() -> None:
+    """diffeo-sota's relative_distance: per output the median over images (and draws) of the
+    squared change, summed, over the median squared distance between two images' outputs."""
     split = shapes_split(6, 17)
     net = cnn(StandardCNN(1, width=4, depth=2))
     callback = EquivarianceMetrics([Shift(2)], measures=["diffeo"], draws=2, diffeo_delta=1.5, diffeo_cut=4)
@@ -259,14 +239,16 @@ def test_r_f_against_the_formula_written_out() -> None:
                 / eta.flatten(1).norm(dim=1)[:, None, None, None]
                 * (deformed - images).flatten(1).norm(dim=1)[:, None, None, None]
             )
-            deformed_sq.append((net(deformed).double() - f0).pow(2).sum(1))
-            noisy_sq.append((net(images + eta).double() - f0).pow(2).sum(1))
-    pairs = torch.stack([(f0[i] - f0[j]).pow(2).sum() for i in range(6) for j in range(6) if i != j]).mean()
-    d_f = torch.cat(deformed_sq).mean() / pairs
-    g_f = torch.cat(noisy_sq).mean() / pairs
+            deformed_sq.append((net(deformed).double() - f0).pow(2))
+            noisy_sq.append((net(images + eta).double() - f0).pow(2))
+    pairs = torch.stack([(f0[i] - f0[j]).pow(2).sum() for i in range(6) for j in range(6)]).median()
+    d_f = torch.cat(deformed_sq).median(0).values.sum() / pairs
+    g_f = torch.cat(noisy_sq).median(0).values.sum() / pairs
     assert math.isclose(values["test/diffeo/D_f"], d_f.item(), rel_tol=1e-5)
     assert math.isclose(values["test/diffeo/G_f"], g_f.item(), rel_tol=1e-5)
     assert math.isclose(values["test/diffeo/R_f"], (d_f / g_f).item(), rel_tol=1e-5)
+    mean_ratio = torch.cat(deformed_sq).sum() / torch.cat(noisy_sq).sum()
+    assert math.isclose(values["test/diffeo/R_f_mean"], mean_ratio.item(), rel_tol=1e-5)
     assert {f"test/diffeo/R_f/layer/stage{i}" for i in (1, 2)} <= set(values)
 
 

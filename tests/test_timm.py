@@ -74,9 +74,16 @@ def test_pretrained_weights_come_from_the_local_cache_and_nothing_else(
     assert torch.equal(loaded.model.conv1[0].weight, source.conv1[0].weight)
 
 
+def test_a_pretrained_tag_names_a_model() -> None:
+    """Every name ``timm.create_model`` accepts, the tagged ones that ``list_models`` omits."""
+    backbone = TimmBackbone(3, "resnet18.tv_in1k")
+    assert backbone.model_name == "resnet18.tv_in1k" and backbone.out_channels == 512
+
+
 def test_mistakes_end_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     for kwargs, message in (
         ({"model_name": "resnet_nonexistent"}, "unknown timm model.*list_models"),
+        ({"model_name": "resnet18.no_such_tag"}, r"unknown timm model.*list_pretrained\('resnet18\*'\)"),
         ({"model_name": "convnext_atto", "antialias": "blur"}, "timm cannot antialias convnext_atto"),
         ({"model_name": "resnet10t", "antialias": "median"}, "choose blur, blurpc or avg"),
     ):

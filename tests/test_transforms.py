@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from symtrain.errors import SymtrainError
 from symtrain.symmetry import Augmentation
@@ -93,3 +95,21 @@ def test_affine_pure_rotation_matches_rotation() -> None:
     image = torch.rand(1, 1, 9, 9)
     element = torch.tensor([[90.0, 0.0, 0.0, 1.0, 0.0]])
     assert torch.allclose(Affine().apply(image, element), torch.rot90(image, 1, dims=(-2, -1)), atol=1e-4)
+
+
+@settings(max_examples=200)
+@given(degrees=st.floats(min_value=1.0, max_value=180.0))
+def test_rotation_test_elements_stay_clear_of_c16_and_the_identity_for_every_range(degrees: float) -> None:
+    """For any range ±d: four elements in range, each at least min(10, d / 2) degrees from every
+    multiple of 22.5 (C4, C8 and C16's elements, the identity among them), and for the full
+    circle the golden-ratio spread itself."""
+    angles = Rotation(degrees).test_elements()[:, 0].double()
+    assert angles.shape == (4,) and (angles.abs() <= degrees + 1e-4).all()
+    offset = torch.remainder(angles, 22.5)
+    assert (torch.minimum(offset, 22.5 - offset) >= min(10.0, degrees / 2) - 1e-4).all(), angles
+
+
+def test_full_circle_rotation_test_elements_are_the_golden_spread() -> None:
+    golden = (5**0.5 - 1) / 2
+    expected = torch.tensor([-180 + (k + golden) * 90 for k in range(4)])
+    assert torch.allclose(Rotation().test_elements()[:, 0], expected)

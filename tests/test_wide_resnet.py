@@ -103,3 +103,26 @@ def test_bad_arguments_are_refused_in_one_line(kwargs: dict, message: str) -> No
     with pytest.raises(SymtrainError, match=message) as error:
         EquivariantWideResNet(1, **{**TINY, **kwargs})
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_the_kernel_basis_is_the_papers() -> None:
+    """Weiler & Cesa's e2wrn basis: Gaussian rings of radial width 0.45 at every radius, the
+    centre's included (escnn's default is 0.005 there, a single pixel), and frequencies up to
+    pi per pixel of radius. The centre ring's filter, sampled on the 3x3 grid, is
+    exp(-d^2 / (2 * 0.45^2)) at distance d from the centre."""
+    from escnn import gspaces
+    from escnn import nn as enn
+
+    from symtrain.backbones.equivariant.layers import wide_conv
+
+    trivial = gspaces.rot2dOnR2(1)
+    scalar = enn.FieldType(trivial, [trivial.trivial_repr])
+    basis = wide_conv(scalar, scalar, 3).basisexpansion
+    assert basis.dimension() == 8  # of a 3x3 kernel's 9
+    centre = [index for index, attr in enumerate(basis.get_basis_info()) if attr["radius"] == 0]
+    weights = torch.zeros(basis.dimension())
+    weights[centre] = 1.0
+    kernel = basis(weights).reshape(3, 3).double()
+    distance = torch.tensor([[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 2.0]], dtype=torch.float64)
+    expected = torch.exp(-distance / (2 * 0.45**2))  # distance holds d^2
+    assert torch.allclose(kernel / kernel[1, 1], expected, atol=1e-6)

@@ -21,7 +21,7 @@ multiples of the total stride.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -237,6 +237,16 @@ class AntialiasedCNN(_StagedCNN):
 
     examples = tuple({"width": 4, "depth": 2, "downsample": d} for d in ("max", "blur", "aps"))
     tiny = {"width": 4, "depth": 2}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "width": (2, 4),
+        "depth": (1, 2, 3),
+        "convs_per_stage": (1, 2),
+        "kernel_size": (1, 3, 5),
+        "downsample": ("max", "blur", "aps"),
+        "filter_size": tuple(range(1, MAX_FILTER_SIZE + 1)),
+        "padding_mode": (None, "reflect", "circular", "zeros"),
+        "circular": (None, True, False),
+    }
 
     def __init__(
         self,
@@ -299,6 +309,14 @@ class AntialiasedCNN(_StagedCNN):
         if self.downsample == "aps" and wraps:
             return {CircularShift(): "exact", Shift(): "approximate"}
         return {Shift(): "approximate", CircularShift(): "approximate"}
+
+    def dense_symmetries(self) -> Symmetries:
+        declared = self.declared_symmetries()
+        if self.padding_mode == "circular":
+            return declared
+        # The decoder's upsampling blurs with padding_mode whatever the filter size: without
+        # wrapping, per-pixel logits near the border do not follow a circular shift.
+        return {family: "approximate" for family in declared}
 
     def input_size_problem(self, image_size: int) -> str | None:
         return polyphase_size_problem(self, image_size, " or use fewer stages (--model.backbone.depth)")

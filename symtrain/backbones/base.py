@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from symtrain.errors import SymtrainError
@@ -67,6 +68,10 @@ class Backbone(nn.Module):
             testing: the contract tests build each (as timm tests every registered model).
         tiny: settings that shrink a shipped config of this backbone without changing what it
             is, for the suite's runs of every config.
+        setting_ranges: for each constructor argument worth varying, the values it accepts
+            (at test sizes: small widths): the contract tests draw settings from them with
+            hypothesis and measure every exact claim of each draw, so a claim that holds for
+            the ``examples`` but not for another legal setting fails the suite.
     """
 
     out_channels: int
@@ -74,6 +79,7 @@ class Backbone(nn.Module):
     # Settings that shrink any configuration of the backbone without changing what it is (its
     # group, its downsampling, its timm model): what the suite adds to the shipped configs.
     tiny: ClassVar[dict[str, Any]] = {}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def forward(self, images: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, out_channels, h, w)
         raise NotImplementedError
@@ -86,9 +92,16 @@ class Backbone(nn.Module):
     def declared_symmetries(self) -> Symmetries:
         """Families (objects, with their parameters: a claim about ``Flip("horizontal")`` is not
         one about ``Flip("vertical")``) the globally pooled features are invariant to, and how
-        exactly. The dense form (:meth:`decoder`) is equivariant to the same families, as
-        exactly."""
+        exactly. The contract tests measure every ``exact`` claim, over drawn settings
+        (:attr:`setting_ranges`), at every size :meth:`input_size_problem` accepts."""
         return {}
+
+    def dense_symmetries(self) -> Symmetries:
+        """The families the dense form (:meth:`encode`, then :meth:`decoder`: per-pixel logits)
+        is equivariant to, and how exactly: by default the pooled features' claims, which
+        hold when the decoder is built from the same equivariant pieces; a backbone whose
+        decoder is a plain U-Net over equivariant features declares them approximate."""
+        return self.declared_symmetries()
 
     def feature_info(self) -> list[Feature]:
         """The declared feature pyramid: the maps :meth:`encode` returns, finest first (its
@@ -117,6 +130,23 @@ class Backbone(nn.Module):
         """Why images of side ``image_size`` break an exact symmetry this backbone declares (a
         one-line message naming the fix), or None when they do not."""
         return None
+
+    def runs_at(self, image_size: int, in_channels: int) -> bool:
+        """Whether one image of side ``image_size`` runs through the backbone to a non-empty
+        feature map: images smaller than the total stride may (through padding: ImageNet
+        ResNets on 28 pixels), and some layers' sizes fail to line up on odd sides (timm's
+        average-pooling ``aa_layer`` against a strided shortcut)."""
+        was_training = self.training
+        parameter = next(self.parameters(), None)
+        device = parameter.device if parameter is not None else None
+        try:
+            with torch.no_grad():
+                image = torch.zeros(1, in_channels, image_size, image_size, device=device)
+                return self.eval()(image).numel() > 0
+        except RuntimeError:  # e.g. a pooling window larger than its input, or maps of two sizes added
+            return False
+        finally:
+            self.train(was_training)
 
     def without_cache(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """``state`` (the state dict of a network holding this backbone) without the entries

@@ -8,7 +8,7 @@ convolution to per-pixel logits.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,12 @@ class StandardCNN(_StagedCNN):
 
     examples = ({"width": 4, "depth": 2},)
     tiny = {"width": 4, "depth": 2}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "width": (2, 4),
+        "depth": (1, 2, 3),
+        "convs_per_stage": (1, 2),
+        "kernel_size": (1, 3, 5),
+    }
 
     def __init__(
         self,

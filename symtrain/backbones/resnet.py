@@ -95,7 +95,14 @@ def _blur(channels: int | None, filt_size: int, pad_mode: str, stride: int = 1) 
 
     if filt_size == 1:
         return nn.Identity() if stride == 1 else nn.AvgPool2d(1, stride)  # subsampling alone
-    return BlurPool2d(channels, filt_size=filt_size, stride=stride, pad_mode=pad_mode)
+    blur = BlurPool2d(channels, filt_size=filt_size, stride=stride, pad_mode=pad_mode)
+    # timm pads an even filter by k // 2 on both sides, one row and column more than a 'same'
+    # blur needs: at 32 px a 4-tap stride-2 blur gives 17, not 16 (then 9, 5), and a stride-1
+    # one 33. Pad as antialiased-cnns does, (k - 1) // 2 before and k // 2 after (the same as
+    # timm's for odd k).
+    before, after = (filt_size - 1) // 2, filt_size // 2
+    blur.padding = [before, after, before, after]
+    return blur
 
 
 class CircularMaxPool(nn.Module):
@@ -147,6 +154,14 @@ class ResNet(Backbone):
         {"depth": 50, "width": 4, "downsample": "aps"},
     )
     tiny: ClassVar[dict[str, Any]] = {"width": 8}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "depth": (18, 34, 50),
+        "stem": ("cifar", "imagenet"),
+        "downsample": ("max", "blur", "aps"),
+        "width": (2, 4),
+        "filter_size": (1, 2, 3, 4, 5, 6, 7),
+        "circular": (None, True, False),
+    }
 
     def __init__(
         self,
@@ -247,6 +262,11 @@ class ResNet(Backbone):
         if self.downsample == "aps" and self.circular:
             return {CircularShift(): "exact", Shift(): "approximate"}
         return {Shift(): "approximate", CircularShift(): "approximate"}
+
+    def dense_symmetries(self) -> Symmetries:
+        # The decoder upsamples every map to the same offset, not to the polyphase component
+        # APS kept (as AntialiasedCNN's APS-U does): per-pixel logits move by about 3e-2.
+        return {family: "approximate" for family in self.declared_symmetries()}
 
     def input_size_problem(self, image_size: int) -> str | None:
         return polyphase_size_problem(self, image_size)

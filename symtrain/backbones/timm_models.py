@@ -77,6 +77,10 @@ class TimmBackbone(Backbone):
 
     examples = ({"model_name": "resnet10t"}, {"model_name": "resnet10t", "antialias": "blur"})
     tiny: ClassVar[dict[str, Any]] = {}  # the model is what a config chooses: trained as it is
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "model_name": ("resnet10t",),
+        "antialias": (None, "blur", "blurpc", "avg"),
+    }
 
     def __init__(
         self,
@@ -89,10 +93,14 @@ class TimmBackbone(Backbone):
         super().__init__()
         import timm  # imported here: a second or so that only a timm backbone should cost
 
-        if model_name not in timm.list_models():
+        # is_model, not list_models(): the list omits pretrained tags (resnet18.tv_in1k), which
+        # create_model accepts; an unknown tag of a known model is refused by create_model below.
+        arch, tag = model_name.partition(".")[::2]
+        if not timm.is_model(model_name) or (tag and model_name not in timm.list_pretrained(model_name)):
+            listing = f"timm.list_pretrained('{arch}*')" if tag else f"timm.list_models('{model_name[:3]}*')"
             raise SymtrainError(
                 f"unknown timm model {model_name!r}: list valid ones with "
-                f"python -c \"import timm; print(timm.list_models('{model_name[:3]}*'))\""
+                f'python -c "import timm; print({listing})"'
             )
         self.model_name, self.antialias, self.pretrained = model_name, antialias, pretrained
         if antialias is not None:

@@ -127,17 +127,30 @@ class Batch:
         key = ("reference", family.frame, tuple(family.canvas(self.images[:1, :1]).shape))
         return self.once(key, lambda: self.net(family.measured(self.images, identity)))
 
+    def view(self, family: TransformFamily, element: Tensor) -> Tensor:
+        """The outputs for every image moved by one ``element`` (P,) of ``family``, on its frame."""
+        if bool((element == family.identity()).all()):
+            return self.reference(family)
+        elements = self.elements(element)
+        key = ("view", repr(family), tuple(element.tolist()))
+        return self.once(key, lambda: self.net(family.measured(self.images, elements)))
+
     def test_views(self, family: TransformFamily) -> list[tuple[Tensor, Tensor]]:
         """(elements (B, P), outputs) for each of ``family``'s test elements."""
+        return [(self.elements(element), self.view(family, element)) for element in family.test_elements()]
 
-        def compute() -> list[tuple[Tensor, Tensor]]:
-            views = []
-            for element in family.test_elements():
-                elements = self.elements(element)
-                views.append((elements, self.net(family.measured(self.images, elements))))
-            return views
-
-        return self.once(("test", repr(family)), compute)
+    def views(self, family: TransformFamily, elements: Tensor) -> Tensor:
+        """The outputs for each image moved by its own element, ``elements`` (B, P). Where every
+        element is the identity or a test element (rot90 and flip draw from their whole group,
+        which those are), the views already computed for the whole batch are read, one row per
+        image; otherwise the moved images run through the network."""
+        known = torch.cat([family.identity()[None], family.test_elements()]).to(elements)  # (K, P)
+        matches = (elements[:, None] == known[None]).all(dim=-1)  # (B, K)
+        if not bool(matches.any(dim=1).all()):
+            return self.net(family.measured(self.images, elements))
+        which = matches.float().argmax(dim=1)  # (B,), the first known element each image has
+        outputs = torch.stack([self.view(family, element) for element in known.cpu()])  # (K, B, ...)
+        return outputs[which, torch.arange(len(which), device=which.device)]
 
     def shifted(self, max_shift: int, dy: int, dx: int) -> Tensor:
         """The outputs for the images shifted by (dy, dx) pixels on a canvas zero-padded by

@@ -3,8 +3,6 @@ and, for segmentation, mask consistency."""
 
 from __future__ import annotations
 
-import torch
-
 from symtrain.metrics.base import Batch, Measure, Record
 from symtrain.metrics.functional import agreement
 from symtrain.transforms import TransformFamily
@@ -26,12 +24,10 @@ class Consistency(Measure):
     scale, digits = 100.0, 1
 
     def update(self, batch: Batch, family: TransformFamily, record: Record, prefix: str) -> None:
-        count = len(batch.images)
         for draw in range(self.settings.draws):
             first, second = batch.sample(family, 2 * draw), batch.sample(family, 2 * draw + 1)
-            views = family.measured(batch.images.repeat(2, 1, 1, 1), torch.cat([first, second]))
-            predicted = batch.net(views).argmax(dim=1)
-            record.mean(f"{prefix}/{self.key}", agreement(predicted[:count], predicted[count:]))
+            predicted = [batch.views(family, elements).argmax(dim=1) for elements in (first, second)]
+            record.mean(f"{prefix}/{self.key}", agreement(*predicted))
 
 
 class MaskConsistency(Measure):

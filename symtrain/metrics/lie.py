@@ -5,7 +5,7 @@ per stage."""
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,21 +28,48 @@ GENERATORS: dict[str, tuple[tuple[tuple[float, float], tuple[float, float]], tup
 }
 
 
-def tangent(features: Tensor, generator: str, stride: int = 1) -> Tensor:
+Boundary = Literal["reflect", "zeros"]
+
+
+def _extended(features: Tensor, dim: int, boundary: Boundary) -> Tensor:
+    """``features`` with one more row (``dim`` = -2) or column (-1) on each side: zeros, or the
+    mirror image about the border pixels' centres (a side of one pixel repeats itself).
+
+    Examples:
+        >>> row = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> _extended(row, -1, "reflect").tolist(), _extended(row, -1, "zeros").tolist()
+        ([[2.0, 1.0, 2.0, 3.0, 2.0]], [[0.0, 1.0, 2.0, 3.0, 0.0]])
+    """
+    if boundary == "zeros":
+        edge = torch.zeros_like(features.narrow(dim, 0, 1))
+        return torch.cat([edge, features, edge], dim)
+    size = features.shape[dim]
+    before = features.narrow(dim, min(1, size - 1), 1)
+    after = features.narrow(dim, max(size - 2, 0), 1)
+    return torch.cat([before, features, after], dim)
+
+
+def tangent(features: Tensor, generator: str, stride: int = 1, boundary: Boundary = "reflect") -> Tensor:
     """d/dt of ``features`` (B, C, h, w) moved by the generator at t = 0: −v·∇, with the
-    gradient by central differences and zeros beyond the frame (the zero fill of the warp).
-    On a map whose cells are ``stride`` pixels apart, translations move it by 1/stride cells
-    per pixel; the linear fields are the same in any unit.
+    gradient by central differences on the frame extended beyond its edge by ``boundary``:
+    ``reflect`` (the default), its mirror image about the border pixels' centres, as Gruver et
+    al.'s warp samples it (lie-deriv, ``lee/transforms.py``: a bilinear ``grid_sample`` that
+    reflects the indices, ``padding_mode="reflection"``, ``align_corners=True``), so that the
+    difference across the edge is 0 at the border pixels; or ``zeros``, the zero fill of a warp
+    that brings nothing in from outside. On a map whose cells are ``stride`` pixels apart,
+    translations move it by 1/stride cells per pixel; the linear fields are the same in any unit.
 
     Central differences are the exact derivative at t = 0 of a Catmull-Rom (bicubic) warp, and
     the symmetric difference quotient of a bilinear one; the paper differentiates its bilinear
     warp with autograd at t = 0, which at the pixel centres is a one-sided difference, biased
-    by half a pixel.
+    by half a pixel (and, at a border pixel, one side of the mirror's kink).
 
     Examples:
         >>> ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 3, 5)  # brightness rising to the right
-        >>> tangent(ramp, "translation_x")[0, 0, 1, 1:4].tolist()  # moving right darkens every pixel
-        [-1.0, -1.0, -1.0]
+        >>> (tangent(ramp, "translation_x")[0, 0, 1] + 0).tolist()  # moving right darkens; not at the mirror
+        [0.0, -1.0, -1.0, -1.0, 0.0]
+        >>> tangent(ramp, "translation_x", boundary="zeros")[0, 0, 1].tolist()  # zeros beyond: the edges jump
+        [-0.5, -1.0, -1.0, -1.0, 1.5]
     """
     (a, b), (c, d) = GENERATORS[generator][0]
     bx, by = GENERATORS[generator][1]
@@ -51,9 +78,9 @@ def tangent(features: Tensor, generator: str, stride: int = 1) -> Tensor:
     x = torch.arange(width, device=features.device, dtype=features.dtype)[None, :] - (width - 1) / 2
     vx = a * x + b * y + bx / stride
     vy = c * x + d * y + by / stride
-    padded = nn.functional.pad(features, (1, 1, 1, 1))
-    dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
-    dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    across, down = _extended(features, -1, boundary), _extended(features, -2, boundary)
+    dx = (across[..., 2:] - across[..., :-2]) / 2
+    dy = (down[..., 2:, :] - down[..., :-2, :]) / 2
     return -(vx * dx + vy * dy)
 
 
@@ -69,15 +96,18 @@ def _frame(images: Tensor, generator: str) -> Tensor:
     return disk_mask(images) if generator == "rotation" else images
 
 
-def lie_derivative(net: nn.Module, images: Tensor, generator: str, dense: bool = False) -> Tensor:
+def lie_derivative(
+    net: nn.Module, images: Tensor, generator: str, dense: bool = False, boundary: Boundary = "reflect"
+) -> Tensor:
     """L_X f(x) = d/dt softmax f(g_t·x) at t = 0, (B, K) (or (B, K, H, W) for ``dense`` outputs,
     warped back: d/dt g_t⁻¹·softmax f(g_t·x)), by one forward-mode derivative (``torch.func.jvp``)
-    along :func:`tangent`. A network with an operation that torch cannot differentiate in forward
-    mode (``grid_sample``, in group averaging over sampled rotations) gets the same directional
-    derivative by central differences in float64, with a step of ``FINITE_STEP`` along the
-    tangent."""
+    along :func:`tangent`, the frame extended by ``boundary`` (the reference's mirror by
+    default) for the image and the warped-back output alike. A network with an operation that
+    torch cannot differentiate in forward mode (``grid_sample``, in group averaging over sampled
+    rotations) gets the same directional derivative by central differences in float64, with a
+    step of ``FINITE_STEP`` along the tangent."""
     images = _frame(images, generator)
-    direction = tangent(images, generator)
+    direction = tangent(images, generator, boundary=boundary)
 
     def probabilities(x: Tensor) -> Tensor:
         return net(x).softmax(dim=1)
@@ -92,7 +122,7 @@ def lie_derivative(net: nn.Module, images: Tensor, generator: str, dense: bool =
         forward, backward = (twin(x + sign * FINITE_STEP * v).softmax(dim=1) for sign in (1, -1))
         derivative = ((forward - backward) / (2 * FINITE_STEP)).to(images.dtype)
         output = probabilities(images)
-    return derivative - tangent(output, generator) if dense else derivative
+    return derivative - tangent(output, generator, boundary=boundary) if dense else derivative
 
 
 class LieDerivative(Measure):
@@ -105,9 +135,13 @@ class LieDerivative(Measure):
     probability per unit of t.
 
     Computed exactly by one forward-mode derivative per generator (torch.func.jvp) along
-    d/dt g_t·x = −v·∇x, the image's gradient by central differences with zeros beyond the
-    frame: the derivative of a Catmull-Rom warp at t = 0 (the paper's autograd through a
-    bilinear warp takes a one-sided difference at the pixel centres).
+    d/dt g_t·x = −v·∇x, the image's gradient by central differences on the image extended
+    beyond the frame by its mirror image about the border pixels' centres, as the paper's code
+    samples its warps (lie-deriv's ``grid_sample`` reflects, ``padding_mode="reflection"``): the
+    derivative of a Catmull-Rom warp at t = 0, and the symmetric difference quotient of the
+    paper's bilinear one (whose autograd takes a one-sided difference at the pixel centres).
+    The mirror makes the difference across the edge 0 at the border pixels, where zeros
+    beyond the frame (``tangent(..., boundary="zeros")``) would see a jump to black.
     """
 
     key = "lie"
@@ -133,10 +167,10 @@ class LieLayerShares(Measure):
     """Each stage's share of the Lie derivative: the stage's own Lie derivative
     L_X Φ_k(h) = d/dt g_t⁻¹·Φ_k(g_t·h) pushed through the rest of the network, C_k (Gruver et
     al. 2022's layer-wise decomposition; the head's share is the pooling's own), so that
-    Σ_k C_k = L_X f exactly. Reported as the mean over images and classes of C_k·sign(L_X f),
-    which add up to the end-to-end |L_X f| of ``lie``. Exact (one forward-mode derivative per
-    stage), where the paper estimates each layer's squared norm with Hutchinson probes; those
-    norms do not add up.
+    Σ_k C_k = L_X f exactly (each map mirrored beyond its border, as the image is). Reported
+    as the mean over images and classes of C_k·sign(L_X f), which add up to the end-to-end
+    |L_X f| of ``lie``. Exact (one forward-mode derivative per stage), where the paper
+    estimates each layer's squared norm with Hutchinson probes; those norms do not add up.
     """
 
     key = "lie_layers"

@@ -37,15 +37,16 @@ class Architectural(SymmetryStrategy):
             )
         self.require_exact = require_exact
 
-    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
-        declared = backbone.declared_symmetries()
+    def check(self, backbone: Backbone, image_size: int | None = None, dense: bool = False) -> None:
+        declared = backbone.dense_symmetries() if dense else backbone.declared_symmetries()
         accepted = {"exact"} if self.require_exact else {"exact", "approximate"}
         for family in self.families:
             if declared_exactness(declared, family) not in accepted:
                 claims = sorted(f"{claim.label} ({how})" for claim, how in declared.items())
                 kind = "exact" if self.require_exact else "any"
+                what = "equivariance of its dense form" if dense else "invariance"
                 raise SymtrainError(
-                    f"{type(backbone).__name__} does not declare {kind} {family.label} invariance "
+                    f"{type(backbone).__name__} does not declare {kind} {family.label} {what} "
                     f"(it declares: {', '.join(claims) or 'nothing'}): choose a backbone built for "
                     f"{family.label} or use the Augmentation strategy (configs/symmetry/augment_*.yaml)"
                 )

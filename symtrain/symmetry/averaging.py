@@ -95,7 +95,7 @@ class GroupAveraging(SymmetryStrategy):
                 )
         self.mode, self.samples, self.average = mode, samples, average
 
-    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
+    def check(self, backbone: Backbone, image_size: int | None = None, dense: bool = False) -> None:
         if self.samples is not None or image_size is None:
             return
         for family in self.families:

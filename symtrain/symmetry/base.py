@@ -36,9 +36,10 @@ class SymmetryStrategy(nn.Module):
         super().__init__()
         self.families = list(families or [])
 
-    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
+    def check(self, backbone: Backbone, image_size: int | None = None, dense: bool = False) -> None:
         """Raise :class:`~symtrain.errors.SymtrainError` if ``backbone`` cannot serve this strategy
-        (on images of side ``image_size``, when known)."""
+        (on images of side ``image_size``, when known; in its dense form, per-pixel logits,
+        when ``dense``)."""
 
     @overload
     def augment(self, images: Tensor) -> Tensor: ...

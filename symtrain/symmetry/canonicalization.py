@@ -73,11 +73,25 @@ class Canonicalizer(nn.Module):
         self.field_weights = nn.Parameter(torch.randn(fields) / math.sqrt(fields))
 
     def forward(self, images: Tensor) -> Tensor:
-        for _ in range(self.downsample):
-            images = symmetric_blur_pool(images, self.blur)
-        fields = self.network.encode(images).bottom  # (B, F * |G|, h, w), one field after another
-        pooled = fields.mean(dim=(-2, -1)).view(len(images), -1, self.group_size)
-        return torch.einsum("bfg,f->bg", pooled, self.field_weights)
+        """(B, |G|) scores: the sums over the fields of :meth:`terms`."""
+        return self.terms(images).sum(dim=1)
+
+    def terms(self, images: Tensor) -> Tensor:
+        """(B, F, |G|): each field averaged over the image, times its weight, in float64
+        (float32 on MPS, which has none); the scores are their sums over the fields.
+
+        The network runs outside autocast, in its parameters' dtype: the scores decide a
+        discrete pose, and bf16's rounding (about 1e-2) would reorder close scores, each turn of
+        an image its own way. The network is small, so this costs little.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            images = images.to(self.field_weights.dtype)
+            for _ in range(self.downsample):
+                images = symmetric_blur_pool(images, self.blur)
+            fields = self.network.encode(images).bottom  # (B, F * |G|, h, w), one field after another
+            total = torch.float32 if images.device.type == "mps" else torch.float64
+            pooled = fields.to(total).mean(dim=(-2, -1)).view(len(images), -1, self.group_size)
+            return pooled * self.field_weights.to(total)[:, None]
 
     def export(self) -> Canonicalizer:
         """The same canonicalizer with its escnn network as plain torch modules (eval mode)."""
@@ -102,6 +116,12 @@ class Canonicalization(SymmetryStrategy):
     back by h(x). Quarter turns and flips are exact permutations of the pixels; other angles
     (N = 8, 16, ...) rotate by interpolation inside the inscribed disk, so they are approximate
     and measured as such.
+
+    The scores of g·x are those of x permuted only up to rounding, so the argmax is guarded: the
+    canonicalizer runs outside autocast and sums its scores in float64, and in evaluation the
+    near-ties are decided on scores that are the same bits for every pose of the input
+    (:meth:`CanonicalizedNet._choose`). For C4 and D4 the logits are then bitwise the same for
+    every quarter turn and mirror of the input, in float32 and under bf16 autocast.
 
     Training goes through the argmax with a straight-through gradient (as equiadapt does): the
     forward pass uses the chosen element exactly, the backward pass the softmax of
@@ -128,7 +148,7 @@ class Canonicalization(SymmetryStrategy):
         >>> inner = SymmetryNet(Normalize([0.5], [0.5]), StandardCNN(1, 4, 1), 3)
         >>> net = Canonicalization(width=4, depth=1).wrap(inner).eval()
         >>> x = torch.rand(2, 1, 9, 9)
-        >>> torch.allclose(net(x), net(torch.rot90(x, 1, dims=(-2, -1))), atol=1e-6)
+        >>> torch.equal(net(x), net(torch.rot90(x, 1, dims=(-2, -1))))
         True
     """
 
@@ -169,7 +189,7 @@ class Canonicalization(SymmetryStrategy):
         """The smallest image side the canonicalizer reads: each halving and stage halves it."""
         return 2 ** (self.depth + self.downsample)
 
-    def check(self, backbone: Backbone, image_size: int | None = None) -> None:
+    def check(self, backbone: Backbone, image_size: int | None = None, dense: bool = False) -> None:
         if image_size is not None and image_size < self.smallest_size:
             raise SymtrainError(
                 f"the canonicalizer's {self.depth} stages need images of at least {self.smallest_size} "
@@ -213,6 +233,13 @@ class CanonicalizedNet(StrategyNet):
         )
         self._last: dict[str, Tensor] = {}
 
+    #: Best scores closer than this, relative to the summed size of their terms, are
+    #: near-ties, decided on bitwise-equal scores (:meth:`_choose`). Rounding moves scores by
+    #: at most 1.5e-6 of that size (measured on trained and untrained C4 and D4 canonicalizers,
+    #: noise, shapes and near-constant images), 30 times below half of it; 0.1-0.2% of the
+    #: shapes are near-ties, each costing a canonicalizer pass over its |G| poses.
+    tie_tolerance = 1e-4
+
     def _rotate(self, images: Tensor, r: int) -> Tensor:
         """Rotate by 360 r / N degrees counter-clockwise: exact for quarter turns."""
         angle = 360.0 * r / self.strategy.order
@@ -230,31 +257,80 @@ class CanonicalizedNet(StrategyNet):
         return turned.flip(-1) if flip else turned
 
     def forward(self, images: Tensor) -> Tensor:
-        if 4 % self.strategy.order:  # interpolated rotations: every pose is read on the disk
+        exact = 4 % self.strategy.order == 0  # every pose a permutation of the pixels
+        if not exact:  # interpolated rotations: every pose is read on the disk
             images = disk_mask(images)
-        scores = self.canonicalizer(images)  # (B, |G|)
-        chosen = scores.argmax(dim=1)
+        terms = self.canonicalizer.terms(images)  # (B, F, |G|)
+        scores = terms.sum(dim=1)
+        if exact and not self.canonicalizer.training:
+            chosen = self._choose(images, terms.detach())
+        else:  # batch statistics make a training pose depend on the batch: no exact claim there
+            chosen = scores.argmax(dim=1)
         soft = (self.strategy.beta * scores).softmax(dim=1)
-        # Straight-through: exactly one-hot forward (soft - soft.detach() is 0), softmax backward.
-        weights = F.one_hot(chosen, len(self.poses)).to(scores.dtype) + soft - soft.detach()
+        # Straight-through: exactly one-hot forward, softmax backward. The brackets matter:
+        # (1 + soft) - soft rounds to 1 +- 1 ulp, and by how much depends on the scores, which
+        # differ in their last bits between turns of an image.
+        weights = F.one_hot(chosen, len(self.poses)).to(soft.dtype) + (soft - soft.detach())
         canonical = sum(
-            weights[:, i, None, None, None] * self.act_inverse(images, pose)
+            weights[:, i, None, None, None].to(images.dtype) * self.act_inverse(images, pose)
             for i, pose in enumerate(self.poses)
         )
         outputs = self.inner(canonical)
         if outputs.dim() == 4:  # per-pixel logits: back to the input's pose
             outputs = sum(
-                weights[:, i, None, None, None] * self.act(outputs, pose) for i, pose in enumerate(self.poses)
+                weights[:, i, None, None, None].to(outputs.dtype) * self.act(outputs, pose)
+                for i, pose in enumerate(self.poses)
             )
         self._last = {"scores": scores, "chosen": chosen}
         return outputs
+
+    @torch.no_grad()
+    def _choose(self, images: Tensor, terms: Tensor) -> Tensor:
+        """The best-scoring pose of each input, exactly ``g`` composed with the pose of the
+        input turned by ``g`` (or a pose giving the same canonical image).
+
+        The scores of a turned image are the scores permuted only up to rounding: escnn's
+        expanded filters are equivariant only to float32 precision and a turned image is summed
+        in another order. Where the best two scores are further apart than
+        :attr:`tie_tolerance` times the size of the terms they sum, rounding cannot swap them
+        and the argmax is taken. Closer inputs (near-ties, and every input with a symmetry)
+        are decided by :meth:`_choose_exactly`, on scores that are bitwise the same for every
+        turn of the input. Both ways give the same pose wherever the rounding stays below half
+        the tolerance, so an input's pose does not depend on which way its turn took.
+        """
+        scores = terms.sum(dim=1)
+        chosen = scores.argmax(dim=1)
+        if scores.shape[1] < 2:
+            return chosen
+        best, second = scores.topk(2, dim=1).values.unbind(dim=1)
+        size = terms.abs().sum(dim=1).amax(dim=1)
+        near = (best - second <= self.tie_tolerance * size).nonzero().flatten().tolist()  # reads the device
+        if near:
+            decided = [self._choose_exactly(images[index]) for index in near]
+            chosen[near] = torch.tensor(decided, device=chosen.device)
+        return chosen
+
+    def _choose_exactly(self, image: Tensor) -> int:
+        """The pose of one image (C, H, W) from the same batch of floats for every turn of it.
+
+        The candidates h⁻¹·x are the same set of images, exactly, for every turn of x (rot90 and
+        flips only move pixels); sorted by their bits, they make the same batch, whose scores
+        are then the same bits too (a batch of another size or order may not be: convolutions
+        pick their kernels by shape). Each candidate's score for the identity is the score of h.
+        The first of equal best scores wins: the smallest candidate, again the same image.
+        """
+        candidates = torch.stack([self.act_inverse(image[None], pose)[0] for pose in self.poses])
+        order = bitwise_order(candidates.flatten(1))
+        scores = self.canonicalizer(candidates[order])[:, 0]
+        return int(order[scores.argmax()])
 
     def penalty(self) -> Tensor | None:
         if not self.training or self.strategy.prior_weight == 0 or "scores" not in self._last:
             return None
         scores = self._last["scores"]
         identity = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
-        return self.strategy.prior_weight * F.cross_entropy(scores, identity)
+        # float32 as the task loss it is added to: its precision does not decide anything
+        return (self.strategy.prior_weight * F.cross_entropy(scores, identity)).float()
 
     def choices(self) -> Tensor | None:
         return self._last.get("chosen")
@@ -269,3 +345,22 @@ class CanonicalizedNet(StrategyNet):
         state = dict(self.__dict__)
         state["_last"] = {}  # the last batch's scores are no state of the model
         return state
+
+
+def bitwise_order(rows: Tensor) -> Tensor:
+    """The indices that sort the rows of ``rows`` (n, d) by their bits read as integers, the
+    first column first; rows with the same bits keep their order. Not the numeric order, but a
+    total order on the exact values (zeros of either sign and NaNs included) that needs no
+    sort key: the rows are few.
+
+    Examples:
+        >>> bitwise_order(torch.tensor([[1.0, 2.0], [1.0, 0.5], [0.5, 9.0]])).tolist()
+        [2, 1, 0]
+    """
+    integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[rows.element_size()]
+    bits = rows.contiguous().view(integers)
+    differ = bits[:, None] != bits[None]  # (n, n, d)
+    first = differ.to(torch.uint8).argmax(dim=-1)  # the first column where rows i and j differ
+    # smaller[i, j]: row i sorts before row j (False for equal rows: their first column is 0)
+    smaller = bits.gather(1, first) < bits.gather(1, first.T).T
+    return smaller.sum(dim=0).argsort(stable=True)  # by how many rows sort before each

@@ -189,21 +189,26 @@ class WideBasic(enn.EquivariantModule):
         return ops.WideBasic({name: module.export() for name, module in self.named_children()})
 
 
-def _three_per_pixel(radius: float) -> float:
-    return 3 * radius
+# The e2wrn models' kernel basis (e2cnn_experiments, models/utils.py: ``sigma=0.45``, ``F=1``):
+# Gaussian rings of radial width 0.45 at every radius (the centre's too, where escnn's default
+# is 0.005 at the centre, 0.6 between and 0.4 at the edge), frequencies up to pi per pixel of
+# radius (``frequencies_cutoff = F * pi``).
+RING_WIDTH = 0.45
+FREQUENCIES_PER_PIXEL = math.pi
 
 
 def wide_conv(in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, **kwargs: Any) -> enn.R2Conv:
-    """An equivariant convolution with the e2wrn models' kernel basis (rings at every radius,
-    frequencies up to 3 per pixel of radius), which for the trivial group spans 8 of a 3x3
-    kernel's 9 dimensions (escnn's default basis spans 6), initialised by :func:`he_init`."""
+    """An equivariant convolution with the e2wrn models' kernel basis (rings of width 0.45 at
+    every radius, frequencies up to pi per pixel of radius), which for the trivial group spans
+    8 of a 3x3 kernel's 9 dimensions (escnn's default basis spans 6), initialised by
+    :func:`he_init_scales`."""
     conv = enn.R2Conv(
         in_type,
         out_type,
         kernel_size,
         bias=False,
-        sigma=None,
-        frequencies_cutoff=_three_per_pixel,
+        sigma=RING_WIDTH,
+        frequencies_cutoff=FREQUENCIES_PER_PIXEL,
         initialize=False,
         **kwargs,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -83,6 +83,20 @@ class EquivariantCNN(_EscnnFilters, FieldAction, Backbone):
         {"group": "D", "order": 4, "width": 4, "depth": 2, "restrict_from_stage": 1},
     )
     tiny = {"width": 4, "depth": 2}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "group": ("C", "D", "SO2", "O2"),
+        "order": (1, 2, 3, 4, 6, 8),
+        "width": (4,),
+        "depth": (1, 2),
+        "convs_per_stage": (1, 2),
+        "kernel_size": (3, 5),
+        "width_rule": ("params", "channels"),
+        "max_frequency": (1, 2, 3),
+        "grid_size": (4, 6, 8, 10, 12, 16),
+        "restrict_from_stage": (None, 1),
+        "blur_size": (1, 3, 5),
+        "disk_mask": (False, True),
+    }
 
     def __init__(
         self,
@@ -106,9 +120,12 @@ class EquivariantCNN(_EscnnFilters, FieldAction, Backbone):
             raise SymtrainError(f"model.backbone.order={order}: a C_N or D_N group needs N >= 1")
         if kernel_size % 2 == 0 or blur_size % 2 == 0:
             raise SymtrainError("kernel_size and blur_size must be odd, so padding stays symmetric")
-        if restrict_from_stage is not None and (group in ("C", "SO2") or not 0 < restrict_from_stage < depth):
+        restricts = restrict_from_stage is not None
+        if restricts and (
+            group in ("C", "SO2") or (group, order) == ("D", 1) or not 0 < restrict_from_stage < depth
+        ):
             raise SymtrainError(
-                f"restrict_from_stage={restrict_from_stage} needs a D or O2 group "
+                f"restrict_from_stage={restrict_from_stage} needs a D_N (N >= 2) or O2 group "
                 f"and a stage in 1..{depth - 1}"
             )
         self.group, self.order, self.grid_size = group, order, grid_size
@@ -329,8 +346,10 @@ class EquivariantCNN(_EscnnFilters, FieldAction, Backbone):
         }
         if rotations % 4 == 0:
             declared[Rot90()] = "exact"
-        reflections = self.group in ("D", "O2") and self.restrict_from_stage is None
-        if reflections and (self.group == "O2" or self.order % 2 == 0):
-            for axis in ("horizontal", "vertical"):  # with rot180 in G, both mirror axes are in G
-                declared[Flip(axis)] = "exact"
+        if self.group in ("D", "O2") and self.restrict_from_stage is None:
+            # escnn's reflection (axis 0) is x.flip(-1); the other mirror is it composed with a
+            # half turn, which only an even number of rotations holds (an O(2) grid of 6
+            # samples has 3 rotations: its vertical flip is off by about 0.1).
+            axes = ("horizontal", "vertical") if rotations % 2 == 0 else ("horizontal",)
+            declared.update({Flip(axis): "exact" for axis in axes})
         return declared

@@ -80,6 +80,16 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
         {"depth": 10, "widen": 1, "group": "C", "order": 4, "restrict": [4, 2]},
     )
     tiny: ClassVar[dict[str, Any]] = {"depth": 10, "widen": 1, "fixparams": False}
+    setting_ranges: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "depth": (10,),
+        "widen": (1,),
+        "group": ("C", "D"),
+        "order": (1, 2, 3, 4, 8),
+        "restrict": (None, [4, 1], [4, 2], [2, 1], [2, 2], [1, 1]),
+        "dropout": (0.0, 0.3),
+        "fixparams": (False,),
+        "initial_stride": (1, 2),
+    }
 
     def __init__(
         self,
@@ -212,6 +222,11 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
             axes = ("horizontal", "vertical") if min(self.orders) % 2 == 0 else ("horizontal",)
             declared.update({Flip(axis): "exact" for axis in axes})
         return declared
+
+    def dense_symmetries(self) -> Symmetries:
+        # The decoder is a plain U-Net over the fields (see decoder): rotating the input moves
+        # its per-pixel logits by about as much as another image would.
+        return {family: "approximate" for family in self.declared_symmetries()}
 
     def input_size_problem(self, image_size: int) -> str | None:
         exact = any(how == "exact" for how in self.declared_symmetries().values())
