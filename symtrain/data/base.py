@@ -12,7 +12,9 @@ class batches it: in memory in one process as a plain loader (the fast path), ot
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -234,6 +236,22 @@ class Batches(IterableDataset):
             yield self.collate(fetch(indices) if fetch else [self.dataset[i] for i in indices])
 
 
+def worker_start(num_workers: int) -> str | None:
+    """How loader workers start: from a fork server on Linux (None without workers, and the
+    platform's own start elsewhere, which is already spawn or forkserver).
+
+    Forking the training process itself can deadlock a worker for good under CPython 3.11: a
+    child forked while another thread holds the interpreter's thread-state lock waits for it in
+    ``PyOS_AfterFork_Child`` (seen here with the queue feeder threads of a loader whose workers
+    persist while the next loader forks, under DDP). The fork server is a single-threaded process
+    that imports torch once; each worker is forked from it.
+    """
+    if num_workers == 0 or sys.platform != "linux":
+        return None
+    multiprocessing.set_forkserver_preload(["torch"])
+    return "forkserver"
+
+
 class TrainingLoader(DataLoader):
     """The loader of training :class:`Batches`, with a position (the epoch and the batches taken
     in it) that the data module saves in every checkpoint, so that a fit resumed mid-epoch takes
@@ -254,7 +272,11 @@ class TrainingLoader(DataLoader):
         self, batches: Batches, num_workers: int, current_epoch: Callable[[], int] | None = None
     ) -> None:
         super().__init__(
-            batches, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0
+            batches,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            multiprocessing_context=worker_start(num_workers),
         )
         self.current_epoch = current_epoch
         self.epoch, self.taken = -1, 0
@@ -483,6 +505,7 @@ class ImageDataModule(pl.LightningDataModule):
                 batch_size=None,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
+                multiprocessing_context=worker_start(self.num_workers),
             )
         # In memory in one process (the fast path), and evaluation in one process.
         return DataLoader(
@@ -492,6 +515,7 @@ class ImageDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_start(self.num_workers),
         )
 
     def train_dataloader(self) -> DataLoader:
