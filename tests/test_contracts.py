@@ -152,7 +152,9 @@ class TestBackboneContract:
 def exact_claims_hold(net: nn.Module, claims: Any, images: torch.Tensor, dense: bool) -> None:
     """Every ``exact`` claim of ``claims`` on ``net`` under each of the family's test elements: the
     pooled features invariant (``dense``: the per-pixel outputs equivariant), relative change
-    below 1e-5, in eval mode and in train mode (batch statistics; dropout, noise by design, off)."""
+    below 1e-4, in eval mode and in train mode (batch statistics; dropout, noise by design, off).
+    float32 rounding alone moves a ResNet-50's pooled features by 1.5e-5 at some drawn settings;
+    every false claim found moved them by 4e-3 or more."""
     for training in (False, True):
         net.train(training)
         for module in net.modules():
@@ -168,7 +170,7 @@ def exact_claims_hold(net: nn.Module, claims: Any, images: torch.Tensor, dense: 
                         change = relative_change(family.apply(reference, elements), moved)
                     else:
                         change = relative_change(reference.mean((-2, -1)), moved.mean((-2, -1)))
-                    assert change < 1e-5, (family, element.tolist(), "train" if training else "eval", change)
+                    assert change < 1e-4, (family, element.tolist(), "train" if training else "eval", change)
 
 
 DRAWN = [pytest.param(cls, id=cls.__name__) for cls in shipped(Backbone) if cls.setting_ranges]
@@ -208,7 +210,6 @@ def test_every_exact_claim_holds_for_drawn_settings(cls: type[Backbone], data: s
     size = next(runs, None)
     assert size is not None, f"{backbone.name} runs at none of the sizes it accepts from {drawn}"
     images = torch.rand(2, in_channels, size, size, generator=torch.Generator().manual_seed(size))
-
     exact_claims_hold(backbone, backbone.declared_symmetries(), images, dense=False)
     declared = backbone.feature_info()
     if declared:

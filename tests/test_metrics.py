@@ -634,3 +634,24 @@ def test_lie_derivative_of_a_uniform_image_is_zero() -> None:
             assert lie_derivative(net, images, generator).abs().max() == 0, generator
             assert tangent(images, generator).abs().max() == 0
             assert tangent(images, generator, boundary="zeros").abs().max() > 0.3
+
+
+def test_measures_run_on_an_inference_copy_only_where_it_is_the_same_function() -> None:
+    """On the CPU a plain network is measured through a copy with its conv + batch norm pairs
+    folded (the same logits to rounding); a network that decides a discrete pose per input, or
+    one that cannot be copied, is measured as it is."""
+    import threading
+
+    from symtrain.metrics.callback import measured_network
+    from symtrain.symmetry import Canonicalization
+
+    images = torch.rand(4, 1, 16, 16)
+    plain = cnn(StandardCNN(1, width=4, depth=2), classes=3)
+    fast = measured_network(plain, images)
+    assert fast is not plain and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    with torch.no_grad():
+        assert torch.allclose(fast(images), plain(images), atol=1e-6)
+    canonicalized = Canonicalization(width=4, depth=1).wrap(plain).eval()
+    assert measured_network(canonicalized, images) is canonicalized
+    plain.lock = threading.Lock()  # deepcopy cannot copy it
+    assert measured_network(plain, images) is plain

@@ -138,10 +138,10 @@ class Backbone(nn.Module):
         average-pooling ``aa_layer`` against a strided shortcut)."""
         was_training = self.training
         parameter = next(self.parameters(), None)
-        device = parameter.device if parameter is not None else None
+        device, dtype = (parameter.device, parameter.dtype) if parameter is not None else (None, None)
         try:
             with torch.no_grad():
-                image = torch.zeros(1, in_channels, image_size, image_size, device=device)
+                image = torch.zeros(1, in_channels, image_size, image_size, device=device, dtype=dtype)
                 return self.eval()(image).numel() > 0
         except RuntimeError:  # e.g. a pooling window larger than its input, or maps of two sizes added
             return False

@@ -244,11 +244,11 @@ def worker_start(num_workers: int) -> str | None:
     child forked while another thread holds the interpreter's thread-state lock waits for it in
     ``PyOS_AfterFork_Child`` (seen here with the queue feeder threads of a loader whose workers
     persist while the next loader forks, under DDP). The fork server is a single-threaded process
-    that imports torch once; each worker is forked from it.
+    that imports torch and the data modules once; each worker is forked from it.
     """
     if num_workers == 0 or sys.platform != "linux":
         return None
-    multiprocessing.set_forkserver_preload(["torch"])
+    multiprocessing.set_forkserver_preload(["torch", "symtrain.data"])  # what every worker imports
     return "forkserver"
 
 

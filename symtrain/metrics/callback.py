@@ -23,6 +23,30 @@ from symtrain.metrics.base import Batch, Measure, Record, Settings, measures_for
 from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
 
 
+def measured_network(net: nn.Module, images: Tensor) -> nn.Module:
+    """The network the measures run (eval mode): :func:`measuring_copy` where it gives the same
+    function, else ``net`` itself. Not for a network that decides something discrete per input
+    (a canonical pose: the copy's other rounding could flip a near-tie, and with it a measured
+    value), nor where the copy cannot be made or run (a layer that needs the default layout, a
+    module that cannot be copied): those are measured as they are, on every process alike."""
+    if images.device.type != "cpu" or any(_decides_per_input(module) for module in net.modules()):
+        return net
+    try:
+        with torch.inference_mode(False):  # ordinary tensors: the copy may be differentiated (jvp)
+            fast = measuring_copy(net, images.device)
+        with torch.no_grad():
+            fast(images[:1])
+    except Exception:  # noqa: BLE001 - any failure of the copy leaves the network itself to measure
+        return net
+    return fast
+
+
+def _decides_per_input(module: nn.Module) -> bool:
+    from symtrain.symmetry.base import StrategyNet
+
+    return isinstance(module, StrategyNet) and type(module).choices is not StrategyNet.choices
+
+
 def measuring_copy(net: nn.Module, device: torch.device) -> nn.Module:
     """The network to measure (in eval mode): on the CPU a copy of it made for inference,
     each convolution followed by a batch norm in a ``Sequential`` folded into one convolution
@@ -166,15 +190,10 @@ class EquivarianceMetrics(pl.Callback):
             m for m in self.chosen("segmentation" if segmentation else "classification") if stage in m.stages
         ]
         images, targets, positions, count = self._subset(trainer, stage, pl_module.device, segmentation)
-        # A layer that needs the default layout (a .view of its input) or cannot be copied:
-        # the network itself is measured.
-        arguments = (stage, measures, images, targets, positions, count, segmentation)
-        try:
-            with torch.inference_mode(False):  # ordinary tensors: the copy may be differentiated (jvp)
-                fast = measuring_copy(pl_module.net, pl_module.device)
-            values = self._measure(pl_module, fast, *arguments)
-        except RuntimeError:
-            values = self._measure(pl_module, pl_module.net, *arguments)
+        net = measured_network(pl_module.net, images)
+        values = self._measure(
+            pl_module, net, stage, measures, images, targets, positions, count, segmentation
+        )
         curves = [m for m in measures if m.key == "curve"]
         for name, value in values.items():
             if not any(f"/{m.key}/" in name for m in curves):
