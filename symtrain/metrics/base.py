@@ -155,11 +155,7 @@ class Batch:
     def shifted(self, max_shift: int, dy: int, dx: int) -> Tensor:
         """The outputs for the images shifted by (dy, dx) pixels on a canvas zero-padded by
         ``max_shift`` (the shift family's protocol), computed once for the curve and jaggedness."""
-        family = Shift(max_shift)
-        elements = self.elements(torch.tensor([float(dy), float(dx)]))
-        return self.once(
-            ("shifted", max_shift, dy, dx), lambda: self.net(family.measured(self.images, elements))
-        )
+        return self.view(Shift(max_shift), torch.tensor([float(dy), float(dx)]))
 
     def visible(self, family: TransformFamily, elements: Tensor) -> Tensor:
         """Where both views hold content (:func:`visible_region`) for one element shared by the

@@ -33,7 +33,7 @@ def measured_network(net: nn.Module, images: Tensor) -> nn.Module:
         return net
     try:
         with torch.inference_mode(False):  # ordinary tensors: the copy may be differentiated (jvp)
-            fast = measuring_copy(net, images.device)
+            fast = measuring_copy(net)
         with torch.no_grad():
             fast(images[:1])
     except Exception:  # noqa: BLE001 - any failure of the copy leaves the network itself to measure
@@ -47,15 +47,13 @@ def _decides_per_input(module: nn.Module) -> bool:
     return isinstance(module, StrategyNet) and type(module).choices is not StrategyNet.choices
 
 
-def measuring_copy(net: nn.Module, device: torch.device) -> nn.Module:
-    """The network to measure (in eval mode): on the CPU a copy of it made for inference,
-    each convolution followed by a batch norm in a ``Sequential`` folded into one convolution
-    (torch's ``fuse_conv_bn_eval``) and the weights in channels-last order, which oneDNN's
-    convolutions and poolings run fastest in; elsewhere the network itself. The quickstart
-    network's forward pass on 192 digits runs about 1.9x faster so, to the same logits up to
-    rounding (1e-8). Batch norms called by name (timm's blocks) stay as they are."""
-    if device.type != "cpu":
-        return net
+def measuring_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` (in eval mode) made for inference on the CPU: each convolution
+    followed by a batch norm in a ``Sequential`` folded into one convolution (torch's
+    ``fuse_conv_bn_eval``) and the weights in channels-last order, which oneDNN's convolutions
+    and poolings run fastest in. The quickstart network's forward pass on 192 digits runs about
+    1.9x faster so, to the same logits up to rounding (1e-8). Batch norms called by name (timm's
+    blocks) stay as they are."""
     fast = copy.deepcopy(net)
     for module in fast.modules():
         if not isinstance(module, nn.Sequential):
@@ -191,31 +189,6 @@ class EquivarianceMetrics(pl.Callback):
         ]
         images, targets, positions, count = self._subset(trainer, stage, pl_module.device, segmentation)
         net = measured_network(pl_module.net, images)
-        values = self._measure(
-            pl_module, net, stage, measures, images, targets, positions, count, segmentation
-        )
-        curves = [m for m in measures if m.key == "curve"]
-        for name, value in values.items():
-            if not any(f"/{m.key}/" in name for m in curves):
-                pl_module.log(name, value, sync_dist=False)  # already reduced across processes
-        for measure in curves:
-            self._store_curves(values, stage, measure, "miou" if segmentation else "acc")
-        pl_module.train(was_training)
-        self.seconds[stage] += time.perf_counter() - started
-        return values
-
-    def _measure(
-        self,
-        pl_module: pl.LightningModule,
-        net: nn.Module,
-        stage: str,
-        measures: list[Measure],
-        images: Tensor,
-        targets: Tensor,
-        positions: Tensor,
-        count: int,
-        segmentation: bool,
-    ) -> dict[str, float]:
         record = Record(pl_module.device)
         num_classes = getattr(pl_module, "num_outputs", 0)
         seed = self.settings.seed
@@ -242,7 +215,16 @@ class EquivarianceMetrics(pl.Callback):
                             measure.update(batch, family, record, f"{stage}/equiv/{family.name}")
         # One read of every value (rather than a host sync per metric).
         computed = [metric.compute().float() for metric in record.metrics.values()]
-        return dict(zip(record.metrics, torch.stack(computed).tolist() if computed else [], strict=True))
+        values = dict(zip(record.metrics, torch.stack(computed).tolist() if computed else [], strict=True))
+        curves = [m for m in measures if m.key == "curve"]
+        for name, value in values.items():
+            if not any(f"/{m.key}/" in name for m in curves):
+                pl_module.log(name, value, sync_dist=False)  # already reduced across processes
+        for measure in curves:
+            self._store_curves(values, stage, measure, "miou" if segmentation else "acc")
+        pl_module.train(was_training)
+        self.seconds[stage] += time.perf_counter() - started
+        return values
 
     def _store_curves(self, values: dict[str, float], stage: str, measure: Any, score: str) -> None:
         for family, (axis, _) in measure.axes.items():
