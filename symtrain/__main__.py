@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "compare": "train a backbone x strategy x seed study, then build its report",
     "report": "build the comparison report (tables, curves, HTML) of finished runs",
     "data": "prepare data on disk: the real digits as image files, an image folder as shards",
+    "measure": "measure any model (a symtrain run, timm, torchvision, your own module) on any data",
 }
 
 _EXAMPLES = """\
@@ -23,6 +24,7 @@ examples:
   python -m symtrain fit --config configs/quickstart.yaml --config configs/backbone/escnn_c4.yaml
   python -m symtrain fit --help          every option of a run, with the plugins' choices
   python -m symtrain compare --config configs/compare/shapes.yaml
+  python -m symtrain measure --config configs/measure/timm.yaml --data.root DIR
 """
 
 
@@ -66,9 +68,9 @@ def run() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The one dispatcher of symtrain's subcommands: the top-level help, ``compare``, ``report``
-    and ``data`` (symtrain's own, without importing Lightning's CLI: they need none of it), and
-    LightningCLI's fit, validate, test and predict."""
+    """The one dispatcher of symtrain's subcommands: the top-level help, ``compare``, ``report``,
+    ``data`` and ``measure`` (symtrain's own, without importing Lightning's CLI: they need none
+    of it), and LightningCLI's fit, validate, test and predict."""
     argv = sys.argv[1:] if args is None else args
     if argv in (["-h"], ["--help"]):
         print_help()

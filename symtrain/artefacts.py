@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from symtrain.clock import seconds_since_start
 from symtrain.metrics import EquivarianceMetrics
@@ -134,19 +134,25 @@ class RunArtefacts(pl.Callback):
         return {part: round(value, 3) for part, value in seconds.items()}
 
     def _log_curves_to_wandb(self, trainer: pl.Trainer) -> None:
-        """Accuracy against rotation angle and shift as wandb tables with line plots."""
-        import wandb
-
         curves = self._curves(trainer)
         new = {name: curves[name] for name in curves if name not in self._curves_logged}
         self._curves_logged.update(new)
-        for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            for name, curve in new.items():
-                axis, score = curve  # e.g. angle and acc (classification) or miou (segmentation)
-                table = wandb.Table(
-                    columns=[axis, score], data=[list(p) for p in zip(curve[axis], curve[score], strict=True)]
-                )
-                plot = wandb.plot.line(table, axis, score, title=f"{name}: {score} vs {axis}")
-                logger.experiment.log({f"{name}/{score}_curve": plot})
+        log_curves(trainer.loggers, new)
+
+
+def log_curves(loggers: list[Logger], curves: dict[str, dict[str, list[float]]]) -> None:
+    """Scores against rotation angle and shift (``summary.json``'s curves) as wandb tables with
+    line plots, in each wandb logger among ``loggers``."""
+    wandb_loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+    if not wandb_loggers or not curves:
+        return
+    import wandb
+
+    for logger in wandb_loggers:
+        for name, curve in curves.items():
+            axis, score = curve  # e.g. angle and acc (classification) or miou (segmentation)
+            table = wandb.Table(
+                columns=[axis, score], data=[list(p) for p in zip(curve[axis], curve[score], strict=True)]
+            )
+            plot = wandb.plot.line(table, axis, score, title=f"{name}: {score} vs {axis}")
+            logger.experiment.log({f"{name}/{score}_curve": plot})

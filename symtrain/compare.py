@@ -1,16 +1,21 @@
 """``python -m symtrain compare --config configs/compare/shapes.yaml`` and ``python -m symtrain report``.
 
-A study is a matrix of backbones x strategies x seeds over one data config. Each cell is an
-ordinary ``symtrain fit`` run with a fixed name under ``<root>/<study>/``, so the matrix is
-resumable (finished cells are skipped, an interrupted one continues from its last checkpoint)
-and each cell is one command that a cluster can run on its own (``--plan slurm`` writes a
-SLURM array job over the same cells). The report is built from the run directories alone.
+A study is a matrix of backbones x strategies x seeds over one data config, or a sweep of models
+measured on one data config (``models``: Gruver et al. 2022's way of comparing a model zoo).
+Each cell is an ordinary ``symtrain fit`` (or ``symtrain measure``) run with a fixed name under
+``<root>/<study>/``, so a study is resumable (finished cells are skipped, an interrupted fit
+continues from its last checkpoint) and each cell is one command that a cluster can run on its
+own (``--plan slurm`` writes a SLURM array job over the same cells). In a sweep, a model that
+fails is reported in its row of the report and the others go on. The report is built from the
+run directories alone.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -19,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -33,9 +38,15 @@ class Study:
 
     Args:
         name: the study: its runs go to ``<root>/<name>/``, its wandb group is ``name``.
-        base: config files every cell starts from (e.g. the quickstart and a data config).
+        base: config files every cell starts from (e.g. the quickstart and a data config; for a
+            sweep, a measure config and a data config).
         backbones: label -> backbone config file (``configs/backbone/*.yaml``).
         strategies: label -> strategy config file (``configs/symmetry/*.yaml``).
+        models: a sweep instead of a training matrix: each model is measured with ``python -m
+            symtrain measure`` on the base configs' data, one cell per model. A model is a timm
+            name (pretrained tags included: ``resnet50.a1_in1k``), a symtrain run directory or
+            checkpoint, or a measure config file (``.yaml``) with a ``model`` section (torchvision
+            models, your own module).
         seeds: one run per seed in every cell.
         args: extra ``fit`` flags for every cell (e.g. ``--trainer.max_epochs=3``).
         exclude: cells to leave out, as ``backbone+strategy`` labels (e.g. ``cnn+architectural``:
@@ -48,8 +59,9 @@ class Study:
 
     name: str
     base: list[str]
-    backbones: dict[str, str]
-    strategies: dict[str, str]
+    backbones: dict[str, str] = field(default_factory=dict)
+    strategies: dict[str, str] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     args: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -59,17 +71,57 @@ class Study:
 
 @dataclass(frozen=True)
 class Cell:
+    """One run of a study: a backbone x strategy x seed fit, or one model of a sweep."""
+
     backbone: str
     strategy: str
     seed: int
+    model: str | None = None  # the model a sweep measures (then backbone is its label)
 
     @property
     def run_name(self) -> str:
-        return f"{self.backbone}-{self.strategy}-s{self.seed}"
+        return self.backbone if self.model is not None else f"{self.backbone}-{self.strategy}-s{self.seed}"
 
     @property
     def approach(self) -> str:
-        return f"{self.backbone} + {self.strategy}"
+        return self.backbone if self.model is not None else f"{self.backbone} + {self.strategy}"
+
+
+def model_label(model: str) -> str:
+    """A sweep model's label (its run name and row): the timm name, or the run directory's,
+    checkpoint's or config file's name.
+
+    Examples:
+        >>> model_label("resnet50.a1_in1k"), model_label("runs/digits/cnn-none-s0/"), model_label("m/tv.yaml")
+        ('resnet50.a1_in1k', 'cnn-none-s0', 'tv')
+        >>> model_label("hf-hub:timm/vit_tiny")
+        'hf-hub-timm-vit_tiny'
+    """
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml", ".ckpt"):
+        name = path.stem if path.suffix != ".ckpt" else f"{path.parent.parent.name}-{path.stem}"
+    elif path.is_dir() or "/" in model.rstrip("/") and not model.startswith("hf-hub:"):
+        name = path.name
+    else:
+        name = model
+    return re.sub(r"[^\w.\-]+", "-", name).strip("-") or "model"
+
+
+def model_flags(model: str) -> list[str]:
+    """The ``measure`` flags that choose a sweep's model.
+
+    Examples:
+        >>> model_flags("resnet18.a1_in1k")
+        ['--model=TimmModel', '--model.name=resnet18.a1_in1k']
+        >>> model_flags("configs/measure/torchvision.yaml")
+        ['--config', 'configs/measure/torchvision.yaml']
+    """
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml"):
+        return ["--config", model]
+    if path.suffix == ".ckpt" or path.is_dir():
+        return ["--model=SymtrainRun", f"--model.path={model}"]
+    return ["--model=TimmModel", f"--model.name={model}"]
 
 
 def cells(study: Study) -> list[Cell]:
@@ -80,7 +132,11 @@ def cells(study: Study) -> list[Cell]:
         ...               seeds=[0, 1], exclude=["cnn+arch"])
         >>> [cell.run_name for cell in cells(study)]
         ['cnn-none-s0', 'c4-none-s0', 'c4-arch-s0', 'cnn-none-s1', 'c4-none-s1', 'c4-arch-s1']
+        >>> [cell.run_name for cell in cells(Study("zoo", [], models=["resnet18", "runs/x/cnn-s0"]))]
+        ['resnet18', 'cnn-s0']
     """
+    if study.models:
+        return [Cell(model_label(model), "measure", 0, model) for model in study.models]
     return [
         Cell(backbone, strategy, seed)
         for seed in study.seeds
@@ -96,7 +152,22 @@ def study_dir(study: Study) -> Path:
 
 def fit_command(study: Study, cell: Cell, python: str = sys.executable) -> list[str]:
     """The ``symtrain fit`` command of one cell: the same locally and on a cluster. It resumes the
-    cell's run when one exists (``--ckpt_path last`` with the cell's run name)."""
+    cell's run when one exists (``--ckpt_path last`` with the cell's run name). A sweep's cell
+    is its ``symtrain measure`` command."""
+    if cell.model is not None:
+        return [
+            python,
+            "-m",
+            "symtrain",
+            "measure",
+            *(arg for config in study.base for arg in ("--config", config)),
+            *model_flags(cell.model),
+            *study.args,
+            f"--root={study_dir(study)}",
+            f"--run.name={cell.run_name}",
+            f"--run.group={study.name}",
+            f"--run.approach={cell.approach}",
+        ]
     configs = [*study.base, study.backbones[cell.backbone], study.strategies[cell.strategy]]
     return [
         python,
@@ -115,6 +186,13 @@ def fit_command(study: Study, cell: Cell, python: str = sys.executable) -> list[
 
 
 def _check(study: Study) -> None:
+    if study.models and (study.backbones or study.strategies):
+        raise SymtrainError(
+            "a study either trains (backbones x strategies) or measures (models), not both: split it in two"
+        )
+    labels = [model_label(model) for model in study.models]
+    if repeated := sorted({label for label in labels if labels.count(label) > 1}):
+        raise SymtrainError(f"models named twice in the sweep: {', '.join(repeated)}: list each model once")
     labels = [*study.backbones, *study.strategies, study.name]
     for label in labels:
         if not label.replace("_", "").replace(".", "").isalnum():
@@ -125,6 +203,10 @@ def _check(study: Study) -> None:
                 f"config '{config}' does not exist: paths in a study are relative to where you run"
             )
     known = {f"{b}+{s}" for b in study.backbones for s in study.strategies}
+    if study.models and study.exclude:
+        raise SymtrainError(
+            "exclude names cells of a training matrix: a sweep lists only the models to measure"
+        )
     if unknown := sorted(set(study.exclude) - known):
         raise SymtrainError(
             f"exclude names unknown cells {unknown}: use backbone+strategy labels, e.g. {min(known)}"
@@ -138,33 +220,53 @@ def run_locally(study: Study) -> list[Path]:
     todo = cells(study)
     logs = study_dir(study) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    failed = []
     with _CellRunner(study.fork) as runner:
         for index, cell in enumerate(todo, 1):
             run_dir = study_dir(study) / cell.run_name
-            head = f"[{index}/{len(todo)}] {cell.approach}, seed {cell.seed}"
+            head = f"[{index}/{len(todo)}] {cell.approach}" + ("" if cell.model else f", seed {cell.seed}")
             if (run_dir / "summary.json").is_file():
                 print(f"{head}: finished before, skipped", flush=True)
                 continue
-            if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.ckpt")):
-                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
+            if run_dir.is_dir() and (cell.model or not any((run_dir / "checkpoints").glob("*.ckpt"))):
+                shutil.rmtree(run_dir)  # nothing to resume: a failed or stopped measurement, or a fit
             log = logs / f"{cell.run_name}.log"
-            print(f"{head}: {'resuming' if run_dir.is_dir() else 'training'} (log: {log})", flush=True)
+            doing = "measuring" if cell.model else "resuming" if run_dir.is_dir() else "training"
+            print(f"{head}: {doing} (log: {log})", flush=True)
             started = time.perf_counter()
-            code = runner.run(fit_command(study, cell), log)
+            command = fit_command(study, cell)
+            code = runner.run(command, log)
             if code != 0:
                 last = log.read_text(errors="replace").strip().splitlines()[-1:]
-                if code == 2:  # a user mistake: every other cell would make it too
-                    raise SymtrainError(
-                        f"cell {cell.run_name}: {last[0] if last else 'failed'}".replace(
-                            "symtrain: error: ", ""
-                        )
+                reason = (last[0] if last else f"exit code {code}").replace("symtrain: error: ", "")
+                if cell.model is not None:  # one model's failure is its row; the sweep goes on
+                    record_failure(
+                        run_dir, cell.model, reason if code == 2 else f"{reason} (see {log})", command
                     )
+                    failed.append(cell.approach)
+                    print(f"{head}: failed: {reason}", flush=True)
+                    continue
+                if code == 2:  # a user mistake: every other cell would make it too
+                    raise SymtrainError(f"cell {cell.run_name}: {reason}")
                 raise SymtrainError(
                     f"cell {cell.run_name} failed (exit code {code}): see {log}; "
                     "run compare again to resume it"
                 )
             print(f"{head}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    if failed:
+        print(f"{len(failed)} of {len(todo)} models failed ({', '.join(failed)}): see the report", flush=True)
     return [study_dir(study) / cell.run_name for cell in todo]
+
+
+def record_failure(run_dir: Path, model: str, reason: str, command: list[str]) -> Path:
+    """``failure.json`` in the model's run directory (what was left of the failed run goes): the
+    report shows the model's row with the reason, and the next ``compare`` measures it again."""
+    from symtrain.runs import write_atomically
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    failure = {"model": model, "reason": reason, "command": shlex.join(command)}
+    return write_atomically(run_dir / "failure.json", json.dumps(failure, indent=2) + "\n")
 
 
 def _signal(pid: int, number: int) -> None:
@@ -260,7 +362,7 @@ def _run_in_child(args: list[str], log: str, cwd: str, environ: dict[str, str]) 
     # The command line, as a fresh process would have it: the CLI reads it, and Lightning's DDP
     # launcher runs it again (this child's __main__ is the server's, not symtrain's).
     sys.argv = [str(Path(__file__).with_name("__main__.py")), *args]
-    from symtrain.cli import main
+    from symtrain.__main__ import main
 
     try:
         main()
@@ -381,9 +483,11 @@ def report_main(args: list[str]) -> None:
 def _runs_in(path: Path) -> list[Path]:
     """``path`` itself when it is a run directory; else the run directories inside it (a study
     or a runs root), else ``path`` (for the report to name it as not a run)."""
-    if (path / "config.yaml").is_file() or not path.is_dir():
+    from symtrain.report.collect import is_run_dir
+
+    if is_run_dir(path) or not path.is_dir():
         return [path]
-    runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file())
+    runs = sorted(child for child in path.iterdir() if is_run_dir(child))
     return runs or [path]
 
 
@@ -393,13 +497,14 @@ def _report_builder():  # noqa: ANN202  (matplotlib and the models load only whe
     return build_report
 
 
-def _parse(parser: ArgumentParser, args: list[str]) -> dict:
+def _parse(parser: ArgumentParser, args: list[str], as_dict: bool = True) -> Any:
     from jsonargparse import ArgumentError
 
     try:
-        return parser.parse_args(args).as_dict()
+        parsed = parser.parse_args(args)
     except ArgumentError as error:
         raise SymtrainError(one_line_error(str(error))) from None
+    return parsed.as_dict() if as_dict else parsed
 
 
 def data_main(args: list[str]) -> None:
@@ -408,11 +513,17 @@ def data_main(args: list[str]) -> None:
     main(args)
 
 
-COMMANDS = {"compare": compare_main, "report": report_main, "data": data_main}
+def measure_main(args: list[str]) -> None:
+    from symtrain.measurement import measure_main as main
+
+    main(args)
+
+
+COMMANDS = {"compare": compare_main, "report": report_main, "data": data_main, "measure": measure_main}
 
 
 def run_command(args: list[str]) -> None:
-    """Run ``compare``, ``report`` or ``data`` (``args[0]``); a user mistake ends in one line and
+    """Run ``compare``, ``report``, ``data`` or ``measure`` (``args[0]``); a user mistake ends in one line and
     exit code 2."""
     try:
         COMMANDS[args[0]](args[1:])

@@ -300,7 +300,9 @@ class SymmetryModule(pl.LightningModule):
             self.strategy_stats[f"{stage}_strategy"].update(self.net.choices(), penalty)
             if penalty is not None and stage == "train":
                 loss = loss + penalty
-        self.mean_loss[f"{stage}_loss"].update(loss.detach(), weight=len(labels))
+        # One value per image: MeanMetric ignores ``weight`` with nan_strategy="disable"
+        # (torchmetrics 1.9), which would weigh a short last batch like a full one.
+        self.mean_loss[f"{stage}_loss"].update(loss.detach().expand(len(labels)))
         self.scores[f"{stage}_scores"].update(logits, targets)
         return loss
 

@@ -136,6 +136,11 @@ class TransformFamily:
         over its orbit is not exact for them), or None when they are one."""
         return None if self.orbit(height, width) is not None else "it has no finite orbit"
 
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Why this family cannot be measured on images of this size (its elements would move
+        the content by the whole image or more), or None when it can."""
+        return None
+
     def canvas(self, images: Tensor) -> Tensor:
         """The images on this family's measurement frame, before any element acts: as they are,
         or zero-padded for families whose action moves content out of the frame."""
@@ -404,6 +409,15 @@ class CircularShift(TransformFamily):
         rows = torch.arange(0, height, math.gcd(self.stride, height), dtype=torch.float32)
         cols = torch.arange(0, width, math.gcd(self.stride, width), dtype=torch.float32)
         return torch.cartesian_prod(rows, cols)
+
+    def size_problem(self, height: int, width: int) -> str | None:
+        side = min(height, width)
+        if self.max_pixels >= side:
+            return (
+                f"its shifts of up to {self.max_pixels} pixels wrap around the whole {side}-pixel side: "
+                f"measure it with max_pixels below {side} (e.g. {max(1, side // 4)})"
+            )
+        return None
 
     def why_no_group(self, height: int, width: int) -> str | None:
         if height % self.stride or width % self.stride:

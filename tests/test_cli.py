@@ -49,8 +49,9 @@ def only_run_dir(root: Path) -> Path:
 
 
 def all_configs() -> list[Path]:
-    # compare/ holds studies (matrices of these configs), checked in test_compare.py.
-    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "compare")
+    # compare/ holds studies (matrices of these configs), checked in test_compare.py; measure/
+    # holds measure configs, checked in test_measure.py.
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("compare", "measure"))
 
 
 @pytest.mark.parametrize("config", all_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))

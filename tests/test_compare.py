@@ -146,13 +146,18 @@ def test_every_shipped_study_plans_its_cells(
     (directory,) = tmp_path.iterdir()
     lines = (directory / "cells.txt").read_text().splitlines()
     spec = yaml.safe_load(study.read_text())
-    cells = len(spec["backbones"]) * len(spec["strategies"]) - len(spec.get("exclude") or [])
-    assert len(lines) == cells * len(spec["seeds"]) > 1  # the whole matrix, less the exclusions
+    if spec.get("models"):  # a sweep: one measure per model
+        assert len(lines) == len(spec["models"]) > 1 and all(" measure " in line for line in lines)
+        chosen = lines
+    else:
+        cells = len(spec["backbones"]) * len(spec["strategies"]) - len(spec.get("exclude") or [])
+        assert len(lines) == cells * len(spec["seeds"]) > 1  # the whole matrix, less the exclusions
+        # one seed stands for all
+        chosen = [line for line in lines if f"--seed_everything={spec['seeds'][0]}" in line.split()]
     assert f"{len(lines)} cells: sbatch" in capsys.readouterr().out
     assert all(f"--run.group={directory.name}" in line for line in lines)
-    # Every approach's command parses, with every config it stacks (one seed stands for all).
-    first_seed = f"--seed_everything={spec['seeds'][0]}"
-    for line in [line for line in lines if first_seed in line.split()]:
+    # Every approach's command parses, with every config it stacks.
+    for line in chosen:
         with pytest.raises(SystemExit) as exited:
             main([*shlex.split(line)[3:], "--print_config"])
         assert exited.value.code in (0, None), capsys.readouterr().err

@@ -642,7 +642,7 @@ def test_measures_run_on_an_inference_copy_only_where_it_is_the_same_function() 
     one that cannot be copied, is measured as it is."""
     import threading
 
-    from symtrain.metrics.callback import measured_network
+    from symtrain.metrics.measuring import measured_network
     from symtrain.symmetry import Canonicalization
 
     images = torch.rand(4, 1, 16, 16)

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_folder import digits_folder
+from test_folder import digits_folder, gradient_photo, photo_folder
 
 from symtrain.cli import main
 from symtrain.data import ImageFolder
@@ -325,3 +325,44 @@ def test_shards_are_read_from_an_object_store_url_through_litdatas_downloaders(t
         SymtrainError, match=r"cannot read local:.*nowhere/symtrain-shards.json \(.*\): check the URL"
     ):
         ImageShards(f"local:{tmp_path / 'nowhere'}", cache_dir=str(tmp_path / "cache"))
+
+
+def test_shards_evaluate_with_the_folders_crop_fraction_and_interpolation(tmp_path: Path) -> None:
+    from torchvision.transforms import v2
+
+    photo_folder(tmp_path / "photos")
+    shutil.copytree(tmp_path / "photos" / "test", tmp_path / "photos" / "val")  # no split left empty
+    write_shards(str(tmp_path / "photos"), str(tmp_path / "shards"), image_size=16, num_workers=0)
+    stats = dict(mean=[0.5] * 3, std=[0.2] * 3, num_workers=0)
+    for options in ({}, {"crop_fraction": 0.5, "interpolation": "bicubic"}, {"crop_fraction": 0.875}):
+        shards = ImageShards(str(tmp_path / "shards"), **stats, **options)
+        folder = ImageFolder(str(tmp_path / "photos"), image_size=16, **stats, **options)
+        for data in (shards, folder):
+            data.setup()
+        image = next(iter(shards.test_dataloader()))[0]
+        assert torch.equal(image, next(iter(folder.test_dataloader()))[0]), options
+        described = shards.describe()
+        assert (described["crop_fraction"], described["interpolation"]) == (
+            options.get("crop_fraction"),
+            options.get("interpolation"),
+        )
+    # Images stored as they were (one square size): a crop fraction resizes them all the same.
+    (tmp_path / "square").mkdir()
+    for split in ("train", "val", "test"):
+        (tmp_path / "square" / split / "a").mkdir(parents=True)
+        gradient_photo(20, 20).save(tmp_path / "square" / split / "a" / "photo.png")
+    write_shards(str(tmp_path / "square"), str(tmp_path / "stored"), num_workers=0)
+    assert not json.loads((tmp_path / "stored" / SHARDS_FILE).read_text())["resize"]
+    shards = ImageShards(str(tmp_path / "stored"), crop_fraction=0.5, **stats)
+    shards.setup()
+    photo = v2.PILToTensor()(gradient_photo(20, 20))
+    expected = v2.CenterCrop(20)(v2.Resize(40, antialias=True)(photo))
+    assert torch.equal(next(iter(shards.test_dataloader()))[0][0], expected)
+    for bad, message in [
+        ({"crop_fraction": 0}, "data.crop_fraction is 0: pass a share in \\(0, 1\\]"),
+        ({"crop_fraction": 1.5}, "data.crop_fraction is 1.5: pass a share in \\(0, 1\\]"),
+        ({"interpolation": "area"}, "data.interpolation is 'area': pass one of"),
+    ]:
+        with pytest.raises(SymtrainError, match=message) as raised:
+            ImageShards(str(tmp_path / "shards"), **bad)
+        assert "\n" not in str(raised.value)

@@ -10,6 +10,7 @@ import timm
 import torch
 from test_cli import run_cli
 from timm.layers import BlurPool2d
+from timm_cache import cache_timm_weights
 
 from symtrain.backbones import TimmBackbone
 from symtrain.errors import SymtrainError
@@ -51,25 +52,15 @@ def test_pretrained_weights_come_from_the_local_cache_and_nothing_else(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub.constants
-    from safetensors.torch import save_file
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(SymtrainError, match="no cached pretrained weights.*resnet10t") as refused:
         TimmBackbone(3, "resnet10t", pretrained=True)
     assert len(str(refused.value).splitlines()) == 1
 
-    # The Hugging Face cache's own layout: refs/main names the snapshot holding the file.
     torch.manual_seed(1)
     source = timm.create_model("resnet10t")
-    repo = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id
-    cached = tmp_path / f"models--{repo.replace('/', '--')}"
-    (cached / "refs").mkdir(parents=True)
-    (cached / "refs" / "main").write_text("abc")
-    (cached / "snapshots" / "abc").mkdir(parents=True)
-    save_file(
-        {k: v.contiguous() for k, v in source.state_dict().items()},
-        cached / "snapshots/abc/model.safetensors",
-    )
+    cache_timm_weights(tmp_path, "resnet10t", source)
     loaded = TimmBackbone(3, "resnet10t", pretrained=True)
     assert torch.equal(loaded.model.conv1[0].weight, source.conv1[0].weight)
 

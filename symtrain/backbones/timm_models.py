@@ -37,21 +37,49 @@ def _aa_layer(antialias: Antialias) -> type[nn.Module]:
     return ConstantPadBlurPool2d
 
 
-def _cached_weights(model_name: str) -> str | None:
-    """The local file of ``model_name``'s pretrained weights in the Hugging Face cache, or None;
-    nothing is downloaded."""
+def check_timm_name(model_name: str) -> None:
+    """Refuse, in one line naming how to list the valid ones, a name timm does not know.
+
+    Raises:
+        SymtrainError: for an unknown model, or an unknown pretrained tag of a known one.
+    """
+    import timm
+
+    # is_model, not list_models(): the list omits pretrained tags (resnet18.tv_in1k), which
+    # create_model accepts; an unknown tag of a known model is refused here too.
+    arch, tag = model_name.partition(".")[::2]
+    if not timm.is_model(model_name) or (tag and model_name not in timm.list_pretrained(model_name)):
+        listing = f"timm.list_pretrained('{arch}*')" if tag else f"timm.list_models('{model_name[:3]}*')"
+        raise SymtrainError(
+            f"unknown timm model {model_name!r}: list valid ones with "
+            f'python -c "import timm; print({listing})"'
+        )
+
+
+def cached_weights(model_name: str, otherwise: str) -> str:
+    """The local file of ``model_name``'s pretrained weights in the Hugging Face cache; nothing is
+    downloaded.
+
+    Raises:
+        SymtrainError: when they are not there, saying how to get them (or ``otherwise``).
+    """
     import timm
     from huggingface_hub import try_to_load_from_cache
 
     config = timm.models.get_pretrained_cfg(model_name)
     repo = config.hf_hub_id if config is not None else None
-    if not repo:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in ("model.safetensors", "pytorch_model.bin") if repo else ():
         found = try_to_load_from_cache(repo, filename)
         if isinstance(found, str) and Path(found).is_file():
             return found
-    return None
+    home = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub"
+    )
+    raise SymtrainError(
+        f"no cached pretrained weights for timm model {model_name!r} under {home}: download "
+        f"them once with python -c \"import timm; timm.create_model('{model_name}', "
+        f'pretrained=True)" where there is network, or {otherwise}'
+    )
 
 
 class TimmBackbone(Backbone):
@@ -93,30 +121,14 @@ class TimmBackbone(Backbone):
         super().__init__()
         import timm  # imported here: a second or so that only a timm backbone should cost
 
-        # is_model, not list_models(): the list omits pretrained tags (resnet18.tv_in1k), which
-        # create_model accepts; an unknown tag of a known model is refused by create_model below.
-        arch, tag = model_name.partition(".")[::2]
-        if not timm.is_model(model_name) or (tag and model_name not in timm.list_pretrained(model_name)):
-            listing = f"timm.list_pretrained('{arch}*')" if tag else f"timm.list_models('{model_name[:3]}*')"
-            raise SymtrainError(
-                f"unknown timm model {model_name!r}: list valid ones with "
-                f'python -c "import timm; print({listing})"'
-            )
+        check_timm_name(model_name)
         self.model_name, self.antialias, self.pretrained = model_name, antialias, pretrained
         if antialias is not None:
             if antialias not in ("blur", "blurpc", "avg"):
                 raise SymtrainError(f"antialias={antialias!r}: choose blur, blurpc or avg (timm's aa_layer)")
             kwargs["aa_layer"] = _aa_layer(antialias)
         if pretrained:
-            weights = _cached_weights(model_name)
-            if weights is None:
-                home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-                raise SymtrainError(
-                    f"no cached pretrained weights for timm model {model_name!r} under {home}: download "
-                    f"them once with python -c \"import timm; timm.create_model('{model_name}', "
-                    'pretrained=True)" where there is network, or set pretrained: false'
-                )
-            kwargs["pretrained_cfg_overlay"] = {"file": weights}
+            kwargs["pretrained_cfg_overlay"] = {"file": cached_weights(model_name, "pretrained: false")}
         try:
             self.model = timm.create_model(
                 model_name, features_only=True, pretrained=pretrained, in_chans=in_channels, **kwargs

@@ -420,13 +420,18 @@ class ImageDataModule(pl.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """What a run records about its data (``summary.json``'s ``data``): the base pipeline
         training went through, the size, channels and statistics, where the splits lived and
-        how many images each held."""
+        how many images each held, and the class each label stands for (what a model trained on
+        them is scored against when measured on other data)."""
         return {
             "name": self.name,
+            "class_names": [str(name) for name in getattr(self, "class_names", [])],
             "base_pipeline": self.pipeline.name,
             "train_transform": self.pipeline.train_transform,
             "train_flip": self.pipeline.flip,
             "image_size": self.image_size,
+            # The evaluation view's options of the image-folder modules (None: their defaults).
+            "crop_fraction": getattr(self, "crop_fraction", None),
+            "interpolation": getattr(self, "interpolation", None),
             "channels": self.in_channels,
             "mean": list(self.mean),
             "std": list(self.std),

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from symtrain.data.base import Split
-from symtrain.data.images import BasePipeline, UnreadableImage, read_image, unreadable
+from symtrain.data.images import BasePipeline, Interpolation, UnreadableImage, read_image, unreadable
 from symtrain.errors import SymtrainError
 from symtrain.metrics.subset import stratified_subset
 
@@ -37,7 +37,9 @@ _DECODE_IN_WORKERS_FROM = 1024
 class Decoding:
     """How a split's images are decoded: the channels, the side ``size`` they are brought to,
     whether they are resized (``resize`` false: they must already be ``size`` x ``size``),
-    whether unreadable ones are left out, and the masks' directory and class count."""
+    whether unreadable ones are left out, the masks' directory and class count, and the
+    evaluation view's ``crop_fraction`` (timm's ``crop_pct``; None: 1) and resize
+    ``interpolation`` (None: bilinear): see :meth:`~symtrain.data.images.BasePipeline.image_transform`."""
 
     channels: int
     size: int
@@ -45,6 +47,8 @@ class Decoding:
     skip_unreadable: bool = False
     masks_root: str | None = None
     num_classes: int = 0
+    crop_fraction: float | None = None
+    interpolation: Interpolation | None = None
 
 
 class EncodedSplit:
@@ -108,8 +112,10 @@ class EncodedSplit:
 
     def transform(self, pipeline: BasePipeline | None) -> Callable[..., Any]:
         """``pipeline``'s image transform (None: the evaluation view) at this split's size."""
-        train = pipeline is not None
-        return (pipeline or BasePipeline()).image_transform(self.decoding.size, train, self.decoding.resize)
+        train, decoding = pipeline is not None, self.decoding
+        return (pipeline or BasePipeline()).image_transform(
+            decoding.size, train, decoding.resize, decoding.crop_fraction, decoding.interpolation
+        )
 
     def dataset(
         self, pipeline: BasePipeline | None, with_masks: bool

@@ -16,7 +16,15 @@ from PIL import Image
 
 from symtrain.data.base import ImageDataModule, SplitSource
 from symtrain.data.files import Decoding, FileSplit
-from symtrain.data.images import GRAY_MODES, IMAGE_SUFFIXES, TrainTransform, UnreadableImage, read_image
+from symtrain.data.images import (
+    GRAY_MODES,
+    IMAGE_SUFFIXES,
+    Interpolation,
+    TrainTransform,
+    UnreadableImage,
+    check_evaluation,
+    read_image,
+)
 from symtrain.errors import SymtrainError
 from symtrain.runs import write_atomically
 
@@ -71,7 +79,9 @@ class ImageFolder(ImageDataModule):
     Every image is decoded upright (EXIF orientation applied) and converted to ``channels``
     (grayscale, RGB, palette, RGBA, CMYK and 16-bit images included). With ``image_size`` S it
     is brought to S x S as torchvision's recipes do for evaluation (shorter side resized to S,
-    centre crop); without, all images must already be square and of one size.
+    centre crop), or as a pretrained model's timm data config says (``crop_fraction``: its
+    ``crop_pct``, e.g. 0.875: shorter side resized to 256 for S = 224, centre 224 kept;
+    ``interpolation``); without, all images must already be square and of one size.
 
     Small data is decoded once into memory (the fast path); data whose decoded size exceeds
     ``memory_budget_mb`` is streamed: decoded in the DataLoader's workers as it is needed, with
@@ -107,6 +117,15 @@ class ImageFolder(ImageDataModule):
             8) when decoding files.
         split_seed: seed of the validation carve-out.
         on_device: keep in-memory splits on the GPU when training on one (see ImageDataModule).
+        crop_fraction: the share of the resized image's shorter side that the evaluation centre
+            crop keeps: timm's ``crop_pct`` (``resolve_data_config``; ``crop_mode='center'``).
+            The shorter side is resized to ``floor(S / crop_fraction)`` (as timm rounds it), then
+            the centre S x S is cropped: 0.875 gives the papers' 256 -> 224. In (0, 1], and only
+            with ``image_size``; None: 1 (shorter side resized to S). The ``none`` and
+            ``pad_crop`` training views start from this view too.
+        interpolation: the resizes' interpolation, ``bilinear``, ``bicubic`` or ``nearest``
+            (torchvision's ``InterpolationMode``, antialiased; timm's ``interpolation``), the
+            ``resized_crop`` of training images included; None: bilinear.
 
     Examples:
         >>> import tempfile
@@ -146,9 +165,18 @@ class ImageFolder(ImageDataModule):
         num_workers: int | None = None,
         split_seed: int = 0,
         on_device: bool = True,
+        crop_fraction: float | None = None,
+        interpolation: Interpolation | None = None,
     ) -> None:
         super().__init__(batch_size, val_fraction, 0, split_seed, on_device, train_transform, train_flip)
         self.root = root
+        check_evaluation(crop_fraction, interpolation)
+        if crop_fraction is not None and image_size is None:
+            raise SymtrainError(
+                f"data.crop_fraction is {crop_fraction} but images are not resized: pass --data.image_size "
+                f"SIZE as well (the side the centre crop keeps), or leave data.crop_fraction null"
+            )
+        self.crop_fraction, self.interpolation = crop_fraction, interpolation
         self.masks_root = masks_root
         self.has_masks = masks_root is not None
         if masks_root is not None and not Path(masks_root).is_dir():
@@ -174,8 +202,9 @@ class ImageFolder(ImageDataModule):
         self.image_size = height if image_size is None else image_size
         self.num_classes = len(self.class_names)
         self.decoding = Decoding(
-            channels, self.image_size, image_size is not None, skip_unreadable, masks_root, self.num_classes
-        )
+            channels, self.image_size, image_size is not None, skip_unreadable, masks_root, self.num_classes,
+            crop_fraction=crop_fraction, interpolation=interpolation,
+        )  # fmt: skip
         self.files = {
             split: FileSplit(
                 root, np.array(paths, dtype=bytes), torch.tensor(labels, dtype=torch.int64), self.decoding
@@ -282,7 +311,7 @@ class ImageFolder(ImageDataModule):
         generator = torch.Generator().manual_seed(0)
         chosen = torch.randperm(len(train), generator=generator)[:STATS_SAMPLE].sort().values
         sample = train.subset(chosen)
-        fingerprint = hashlib.sha1(f"{self.in_channels}:{self.image_size}:{self.decoding.resize}".encode())
+        fingerprint = hashlib.sha1(self._statistics_settings().encode())
         for index in range(len(sample)):
             state = os.stat(sample.source(index)[0])
             fingerprint.update(sample.paths[index] + f":{state.st_size}:{state.st_mtime_ns}".encode())
@@ -305,6 +334,32 @@ class ImageFolder(ImageDataModule):
         except OSError:
             pass
         return mean, std
+
+    def _statistics_settings(self) -> str:
+        """The settings that decide the evaluation view's pixels, as the statistics cache's key
+        begins: ``channels:size:resize``, as before the evaluation options existed, followed by
+        ``:crop=F`` and ``:interpolation=M`` only when those change the pixels (a crop fraction
+        other than 1, an interpolation other than bilinear of a resize), so that the caches
+        written without them stay valid.
+
+        Examples:
+            >>> import types
+            >>> from symtrain.data.files import Decoding
+            >>> folder = types.SimpleNamespace(in_channels=3, image_size=24)
+            >>> folder.decoding = Decoding(3, 24, True)
+            >>> ImageFolder._statistics_settings(folder)
+            '3:24:True'
+            >>> folder.decoding = Decoding(3, 24, True, crop_fraction=0.875, interpolation="bicubic")
+            >>> ImageFolder._statistics_settings(folder)
+            '3:24:True:crop=0.875:interpolation=bicubic'
+        """
+        decoding = self.decoding
+        settings = f"{self.in_channels}:{self.image_size}:{decoding.resize}"
+        if decoding.resize and decoding.crop_fraction not in (None, 1):
+            settings += f":crop={decoding.crop_fraction}"
+        if decoding.resize and decoding.interpolation not in (None, "bilinear"):
+            settings += f":interpolation={decoding.interpolation}"
+        return settings
 
     def load_splits(self) -> dict[str, SplitSource]:
         splits: dict[str, SplitSource] = dict(self.files)

@@ -14,6 +14,7 @@ implied: it is a named option, recorded with the run.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,36 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # Integer modes wider than 8 bits (16-bit PNGs and TIFFs open as one of these).
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 TrainTransform = Literal["none", "pad_crop", "resized_crop"]
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 CROP_PADDING = 4  # CIFAR's pad-and-crop (He et al. 2016; Zhang 2019)
+
+
+def check_evaluation(crop_fraction: float | None, interpolation: str | None) -> None:
+    """Refuse, in one line each, a ``crop_fraction`` outside (0, 1] and an unknown ``interpolation``
+    (the data modules' options of those names)."""
+    if crop_fraction is not None and not (isinstance(crop_fraction, (int, float)) and 0 < crop_fraction <= 1):
+        raise SymtrainError(
+            f"data.crop_fraction is {crop_fraction!r}: pass a share in (0, 1] of the resized image kept by "
+            f"the centre crop (timm's crop_pct, e.g. 0.875), or null for 1 (resize to the image size)"
+        )
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise SymtrainError(
+            f"data.interpolation is {interpolation!r}: pass one of {', '.join(INTERPOLATIONS)}, or null "
+            f"for bilinear"
+        )
+
+
+def resized_side(size: int, crop_fraction: float | None = None) -> int:
+    """The side the evaluation view resizes an image's shorter side to, before its centre
+    ``size`` x ``size`` crop: ``size`` itself, or with ``crop_fraction`` (timm's ``crop_pct``)
+    ``floor(size / crop_fraction)``, as timm's ``transforms_imagenet_eval`` rounds it.
+
+    Examples:
+        >>> resized_side(224), resized_side(224, 0.875), resized_side(224, 0.9), resized_side(16, 1.0)
+        (224, 256, 248, 16)
+    """
+    return size if crop_fraction is None else math.floor(size / crop_fraction)
 
 
 class UnreadableImage(SymtrainError):
@@ -145,17 +175,48 @@ class BasePipeline:
             return None
         return _KorniaBatch(self)
 
-    def image_transform(self, size: int, train: bool, resize: bool = True) -> Callable[..., object]:
+    def image_transform(
+        self,
+        size: int,
+        train: bool,
+        resize: bool = True,
+        crop_fraction: float | None = None,
+        interpolation: Interpolation | None = None,
+    ) -> Callable[..., object]:
         """For one decoded image (C, H, W) (and its mask): torchvision's v2 pipeline to ``size`` x
         ``size``. Evaluation resizes the shorter side to ``size`` and crops the centre (``resize``
         false: the image already is ``size`` x ``size``); ``train`` adds the random steps, with
-        ``resized_crop`` cropping the original image rather than the evaluation view."""
+        ``resized_crop`` cropping the original image rather than the evaluation view.
+
+        Args:
+            size: side S of the square images made.
+            train: add the pipeline's random training steps.
+            resize: resize (and centre-crop) the images; false: they already are S x S.
+            crop_fraction: the share of the resized image's shorter side that the evaluation
+                centre crop keeps (timm's ``crop_pct``): the shorter side is resized to
+                ``floor(S / crop_fraction)`` (:func:`resized_side`), then the centre S x S is
+                cropped. None: 1 (resized to S).
+            interpolation: the resizes' interpolation (torchvision's ``InterpolationMode``,
+                antialiased), ``resized_crop``'s included; None: bilinear. Masks are always
+                resized by nearest neighbour.
+
+        Examples:
+            >>> image = torch.arange(40 * 30, dtype=torch.uint8).reshape(1, 30, 40)
+            >>> BasePipeline().image_transform(16, False, crop_fraction=0.5)(image).shape
+            torch.Size([1, 16, 16])
+        """
         from torchvision.transforms import v2
 
+        mode = v2.InterpolationMode((interpolation or "bilinear").lower())
         if train and self.train_transform == "resized_crop":
-            steps: list[object] = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True)]
+            steps: list[object] = [
+                v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=mode, antialias=True)
+            ]
         else:
-            steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if resize else []
+            steps = []
+            if resize:
+                side = resized_side(size, crop_fraction)
+                steps = [v2.Resize(side, interpolation=mode, antialias=True), v2.CenterCrop(size)]
             if train and self.train_transform == "pad_crop":
                 steps.append(v2.RandomCrop(size, padding=CROP_PADDING))
         if train and self.flip:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from symtrain.data.base import ImageDataModule, SplitSource
 from symtrain.data.files import Decoding, EncodedImages, EncodedSplit, FileSplit
 from symtrain.data.folder import ImageFolder, default_workers
-from symtrain.data.images import TrainTransform
+from symtrain.data.images import Interpolation, TrainTransform, check_evaluation
 from symtrain.errors import SymtrainError
 from symtrain.runs import write_atomically
 
@@ -242,7 +242,8 @@ class ImageShards(ImageDataModule):
             store (``s3://bucket/shards``; credentials as the store's client finds them).
         image_size: side S the model sees; None: the conversion's (its ``--image_size``, or the
             images' own size when they were all one square size).
-        mean: per-channel mean of the images in [0, 1]; None: the conversion's estimate.
+        mean: per-channel mean of the images in [0, 1]; None: the conversion's estimate (of
+            its evaluation view: without ``crop_fraction`` and ``interpolation``).
         std: per-channel standard deviation; None: the conversion's estimate.
         train_transform: the base training pipeline: ``none``, ``pad_crop`` or ``resized_crop``.
         train_flip: random horizontal flips in the base pipeline (recorded with the run).
@@ -251,6 +252,15 @@ class ImageShards(ImageDataModule):
         num_workers: loader worker processes per process; None: one per core, at most 8.
         cache_dir: where shards read from an object store are kept (None: litdata's default for
             the chunks, a folder of the temporary directory for the record and indexes).
+        crop_fraction: the share of the resized image's shorter side that the evaluation centre
+            crop keeps: timm's ``crop_pct`` (``resolve_data_config``; ``crop_mode='center'``).
+            The shorter side is resized to ``floor(S / crop_fraction)`` (as timm rounds it), then
+            the centre S x S is cropped: 0.875 gives the papers' 256 -> 224. In (0, 1]; it
+            resizes the stored images even when they were stored at S x S. None: 1 (shorter side
+            resized to S). The ``none`` and ``pad_crop`` training views start from this view too.
+        interpolation: the resizes' interpolation, ``bilinear``, ``bicubic`` or ``nearest``
+            (torchvision's ``InterpolationMode``, antialiased; timm's ``interpolation``), the
+            ``resized_crop`` of training images included; None: bilinear.
 
     Examples:
         >>> ImageShards("no/such/shards")  # doctest: +ELLIPSIS
@@ -274,10 +284,14 @@ class ImageShards(ImageDataModule):
         batch_size: int = 128,
         num_workers: int | None = None,
         cache_dir: str | None = None,
+        crop_fraction: float | None = None,
+        interpolation: Interpolation | None = None,
     ) -> None:
         workers = default_workers() if num_workers is None else num_workers
         super().__init__(batch_size, 0.0, workers, 0, False, train_transform, train_flip)
         self.root = root
+        check_evaluation(crop_fraction, interpolation)
+        self.crop_fraction, self.interpolation = crop_fraction, interpolation
         self.skip_unreadable = skip_unreadable
         self.location = ShardsLocation(root, cache_dir)
         self.meta, self.indexes = self._read_meta(self.location)
@@ -285,15 +299,23 @@ class ImageShards(ImageDataModule):
         self.num_classes = len(self.class_names)
         self.in_channels = int(self.meta["channels"])
         self.image_size = int(self.meta["image_size"] if image_size is None else image_size)
-        # Images of one square size were stored as they are; resizing is needed for any other.
-        self.resize = bool(self.meta["resize"]) or self.image_size != int(self.meta["image_size"])
+        # Images of one square size were stored as they are; resizing is needed for any other
+        # size, and for a crop fraction.
+        self.resize = (
+            bool(self.meta["resize"])
+            or self.image_size != int(self.meta["image_size"])
+            or crop_fraction is not None
+        )
         self.mean = tuple(self.meta["mean"] if mean is None else mean)
         self.std = tuple(self.meta["std"] if std is None else std)
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise SymtrainError(f"data.mean and data.std need {self.in_channels} value(s) each")
         self.test_split = self.meta["test_split"]
         self.skipped_elsewhere = int(self.meta["skipped_unreadable"])  # left out at conversion
-        self.decoding = Decoding(self.in_channels, self.image_size, self.resize, skip_unreadable)
+        self.decoding = Decoding(
+            self.in_channels, self.image_size, self.resize, skip_unreadable,
+            crop_fraction=crop_fraction, interpolation=interpolation,
+        )  # fmt: skip
 
     @staticmethod
     def _read_meta(location: ShardsLocation) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -12,6 +12,7 @@ class Accuracy(Measure):
     (on the family's frame), averaged over images and elements."""
 
     key = "acc"
+    needs = frozenset({"labels"})
     title = "accuracy under a family"
     caption = "Test accuracy (%) under each family"
     tasks = ("classification",)
@@ -28,6 +29,7 @@ class SegmentationScore(Measure):
     on the pixels both views see."""
 
     key = "acc"
+    needs = frozenset({"labels"})
     title = "mIoU and pixel accuracy under a family"
     caption = "Test mIoU (%) under each family"
     tasks = ("segmentation",)

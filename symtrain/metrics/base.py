@@ -83,13 +83,8 @@ class Batch:
 
     @property
     def layered(self) -> nn.Module | None:
-        """The backbone whose stages the layer-wise measures read, when the network is the plain
-        composition (normalise, backbone, head or decoder) they take apart; None for a
-        strategy's wrapper (group averaging, canonicalization), whose output is not one pass
-        of the network inside it."""
-        if hasattr(self.net, "normalize") and hasattr(self.net, "backbone"):
-            return self.net.backbone
-        return None
+        """The backbone whose stages the layer-wise measures read (:func:`stages_of`)."""
+        return stages_of(self.net)
 
     def sample(self, family: TransformFamily, draw: int) -> Tensor:
         """Random elements of ``family`` for this batch's images, (B, P) on their device: draw
@@ -164,6 +159,15 @@ class Batch:
         return self.once(key, lambda: visible_region(family, elements, self.images))
 
 
+def stages_of(net: object) -> nn.Module | None:
+    """The backbone whose stages the layer-wise measures read, when ``net`` is the plain
+    composition (normalise, backbone, head or decoder) they take apart and the backbone declares
+    stages; None for a strategy's wrapper (group averaging, canonicalization), whose output is
+    not one pass of the network inside it, and for any other network."""
+    backbone = getattr(net, "backbone", None) if hasattr(net, "normalize") else None
+    return backbone if backbone is not None and hasattr(backbone, "layer_strides") else None
+
+
 class Record:
     """The torchmetrics states of one measurement pass, created on first use."""
 
@@ -208,6 +212,8 @@ class Measure:
         columns: for a measure of no family with a table, its columns: label -> the value's
             name after ``{stage}/``.
         default: whether it runs when ``metrics.measures`` is not set (costly diagnostics opt in).
+        needs: what it reads besides the network and the images: ``labels`` (the task's score),
+            ``stages`` (a backbone's feature maps, which only symtrain's networks declare).
     """
 
     key: ClassVar[str]
@@ -221,6 +227,7 @@ class Measure:
     per_family: ClassVar[bool] = True
     columns: ClassVar[dict[str, str]] = {}
     default: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -8,7 +8,6 @@ curves). Values are torchmetrics states, so they are reduced correctly across pr
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import defaultdict
 from typing import Any
@@ -16,59 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch import Tensor
 
-from symtrain.metrics.base import Batch, Measure, Record, Settings, measures_for
-from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, TransformFamily
-
-
-def measured_network(net: nn.Module, images: Tensor) -> nn.Module:
-    """The network the measures run (eval mode): :func:`measuring_copy` where it gives the same
-    function, else ``net`` itself. Not for a network that decides something discrete per input
-    (a canonical pose: the copy's other rounding could flip a near-tie, and with it a measured
-    value), nor where the copy cannot be made or run (a layer that needs the default layout, a
-    module that cannot be copied): those are measured as they are, on every process alike."""
-    if images.device.type != "cpu" or any(_decides_per_input(module) for module in net.modules()):
-        return net
-    try:
-        with torch.inference_mode(False):  # ordinary tensors: the copy may be differentiated (jvp)
-            fast = measuring_copy(net)
-        with torch.no_grad():
-            fast(images[:1])
-    except Exception:  # noqa: BLE001 - any failure of the copy leaves the network itself to measure
-        return net
-    return fast
-
-
-def _decides_per_input(module: nn.Module) -> bool:
-    from symtrain.symmetry.base import StrategyNet
-
-    return isinstance(module, StrategyNet) and type(module).choices is not StrategyNet.choices
-
-
-def measuring_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` (in eval mode) made for inference on the CPU: each convolution
-    followed by a batch norm in a ``Sequential`` folded into one convolution (torch's
-    ``fuse_conv_bn_eval``) and the weights in channels-last order, which oneDNN's convolutions
-    and poolings run fastest in. The quickstart network's forward pass on 192 digits runs about
-    1.9x faster so, to the same logits up to rounding (1e-8). Batch norms called by name (timm's
-    blocks) stay as they are."""
-    fast = copy.deepcopy(net)
-    for module in fast.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module._modules.items())
-        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:], strict=False):
-            foldable = type(norm) is nn.BatchNorm2d and norm.track_running_stats and not norm.training
-            if isinstance(conv, nn.Conv2d) and foldable:
-                module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
-                module._modules[norm_name] = nn.Identity()
-    return fast.to(memory_format=torch.channels_last)
-
-
-def default_families() -> list[TransformFamily]:
-    return [Rot90(), Flip(), CircularShift(), Shift(), Rotation()]
+from symtrain.metrics.base import Measure, Settings, measures_for
+from symtrain.metrics.measuring import curve_points, default_families, measure
+from symtrain.transforms import TransformFamily
 
 
 class EquivarianceMetrics(pl.Callback):
@@ -188,50 +139,25 @@ class EquivarianceMetrics(pl.Callback):
             m for m in self.chosen("segmentation" if segmentation else "classification") if stage in m.stages
         ]
         images, targets, positions, count = self._subset(trainer, stage, pl_module.device, segmentation)
-        net = measured_network(pl_module.net, images)
-        record = Record(pl_module.device)
-        num_classes = getattr(pl_module, "num_outputs", 0)
-        seed = self.settings.seed
-        with torch.no_grad():
-            size = self.batch_size or (64 if images.device.type == "cpu" else 256)
-            for start in range(0, len(images), size):
-                part = slice(start, start + size)
-                batch = Batch(
-                    net,
-                    images[part],
-                    targets[part],
-                    segmentation,
-                    num_classes,
-                    positions[part],
-                    count,
-                    seed,
-                )
-                for measure in measures:
-                    if not measure.per_family:
-                        measure.update(batch, None, record, stage)
-                        continue
-                    for family in self.families:
-                        if measure.applies(family):
-                            measure.update(batch, family, record, f"{stage}/equiv/{family.name}")
-        # One read of every value (rather than a host sync per metric).
-        computed = [metric.compute().float() for metric in record.metrics.values()]
-        values = dict(zip(record.metrics, torch.stack(computed).tolist() if computed else [], strict=True))
+        values = measure(
+            pl_module.net,
+            (images, targets),
+            self.families,
+            [m.key for m in measures],
+            settings=self.settings,
+            batch_size=self.batch_size,
+            stage=stage,
+            device=pl_module.device,
+            positions=positions,
+            subset_size=count,
+            strict=False,  # a strategy's wrapper declares no stages: its run leaves those out
+        )
         curves = [m for m in measures if m.key == "curve"]
         for name, value in values.items():
             if not any(f"/{m.key}/" in name for m in curves):
                 pl_module.log(name, value, sync_dist=False)  # already reduced across processes
-        for measure in curves:
-            self._store_curves(values, stage, measure, "miou" if segmentation else "acc")
+        for curve in curves:
+            self.curves.update(curve_points(values, stage, curve.axes, "miou" if segmentation else "acc"))
         pl_module.train(was_training)
         self.seconds[stage] += time.perf_counter() - started
         return values
-
-    def _store_curves(self, values: dict[str, float], stage: str, measure: Any, score: str) -> None:
-        for family, (axis, _) in measure.axes.items():
-            marker = f"{stage}/equiv/{family}/{measure.key}/"
-            points = sorted((float(k[len(marker) :]), v) for k, v in values.items() if k.startswith(marker))
-            if points:
-                self.curves[f"{stage}/{family}"] = {
-                    axis: [p[0] for p in points],
-                    score: [p[1] for p in points],
-                }

@@ -19,6 +19,7 @@ class Curves(Measure):
     """
 
     key = "curve"
+    needs = frozenset({"labels"})
     title = "curves"
     stages = ("test",)
     table = False

@@ -20,6 +20,7 @@ class LayerwiseError(Measure):
     """
 
     key = "layer"
+    needs = frozenset({"stages"})
     stages = ("test",)  # a diagnostic of the final model: the fit's trend does without its cost
     title = "layer-wise equivariance error"
     table = False  # a figure, one curve per approach

@@ -5,6 +5,7 @@ per stage."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import ClassVar, Literal
 
 import torch
@@ -13,6 +14,10 @@ from torch import Tensor, nn
 from symtrain.metrics.base import Batch, Measure, Record
 from symtrain.metrics.functional import frame_region
 from symtrain.transforms import Rotation, TransformFamily, disk_mask
+
+# torch's forward-mode decompositions script themselves with torch.jit at the first jvp, and
+# torch warns about its own use of torch.jit: nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 # Each generator's vector field v(p) = A p + b, in pixels per unit of t, with p = (x, y) the
 # pixel's position about the image centre (x to the right, y down). t is in pixels for the
@@ -174,6 +179,7 @@ class LieLayerShares(Measure):
     """
 
     key = "lie_layers"
+    needs = frozenset({"stages"})
     title = "Lie derivative per stage"
     tasks = ("classification",)
     stages = ("test",)

@@ -9,8 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from symtrain.report import figures as plots
-from symtrain.report.collect import curves_of, families, read_runs, task_of
-from symtrain.report.page import html_page, markdown
+from symtrain.report.collect import (
+    Approach,
+    Failure,
+    Run,
+    Runs,
+    curves_of,
+    families,
+    is_run_dir,
+    read_runs,
+    task_of,
+)
+from symtrain.report.page import failure_notes, html_page, markdown
+
+__all__ = ["Approach", "Failure", "Run", "Runs", "build_report", "is_run_dir", "read_runs"]
 
 
 def build_report(
@@ -22,7 +34,9 @@ def build_report(
     """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png`` to ``out_dir``.
 
     Args:
-        run_dirs: run directories; unfinished ones (no ``summary.json``) are listed, not shown.
+        run_dirs: run directories; unfinished ones (no ``summary.json``) are listed, not shown;
+            failed ones (a ``failure.json``: a model ``measure`` could not measure) are a row
+            each, with the reason in place of the numbers.
         out_dir: where the report goes.
         title: the report's heading.
         examples: test images in the example figure.
@@ -31,16 +45,23 @@ def build_report(
         The paths written: ``html``, ``markdown`` and ``figures_dir``.
 
     Raises:
-        SymtrainError: if a path is not a run directory, no run has finished, or the runs mix
-            classification and segmentation.
+        SymtrainError: if a path is not a run directory, no run has finished (every run failed:
+            the first failure's reason), or the runs mix classification and segmentation.
     """
-    approaches, unfinished = read_runs(run_dirs)
+    runs = read_runs(run_dirs)
+    approaches, unfinished = runs.approaches, runs.unfinished
     task = task_of(approaches)
     measured = families(approaches)
     out = Path(out_dir)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     notes = [f"not finished, left out: {', '.join(str(p) for p in unfinished)}"] if unfinished else []
+    notes += failure_notes(runs.failed)
+    notes += [
+        f"{task.score_label} n/a for {a.name}: {a.accuracy_absent or 'the runs recorded none'}"
+        for a in approaches
+        if not a.values(f"test/{task.score}")
+    ]
     candidates = [
         (
             f"Test {task.score_label} against {axis['label'].split(' (')[0]} (mean ± std over seeds)",
@@ -72,6 +93,10 @@ def build_report(
             "Test error against R_f, one point per run (Petrini et al. 2021's plot)",
             plots.error_against_stability(approaches, task, figures_dir / "error_vs_stability.png"),
         ),
+        (
+            "Invariance measures against test accuracy, one point per model (Gruver et al. 2022's plot)",
+            plots.measures_against_accuracy(approaches, task, figures_dir / "measures_vs_accuracy.png"),
+        ),
     ]
     example_path, note = None, None
     if examples and task.name == "segmentation":
@@ -88,6 +113,6 @@ def build_report(
     )
     notes += [note] if note else []
     shown = [(caption, path) for caption, path in candidates if path is not None]
-    (out / "report.md").write_text(markdown(title, approaches, measured, shown, notes, task))
-    (out / "report.html").write_text(html_page(title, approaches, measured, shown, notes, task))
+    (out / "report.md").write_text(markdown(title, approaches, measured, shown, notes, task, runs.failed))
+    (out / "report.html").write_text(html_page(title, approaches, measured, shown, notes, task, runs.failed))
     return {"html": out / "report.html", "markdown": out / "report.md", "figures_dir": figures_dir}

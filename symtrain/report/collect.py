@@ -31,6 +31,22 @@ class Run:
         """The final flat metrics (``test/acc``, ``test/equiv/rot90/acc``, ...)."""
         return self.summary.get("metrics", {})
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether the run left a checkpoint to load: ``summary.json`` names one, or one is in its
+        ``checkpoints/`` (runs from before the summary named them). A run that ``measure`` wrote
+        (a timm, torchvision or user's model, measured, not trained here) has none.
+
+        Examples:
+            >>> Run(Path("nowhere"), {"checkpoints": {"best": None, "last": None}}).has_checkpoint
+            False
+            >>> Run(Path("nowhere"), {"checkpoints": {"best": "checkpoints/best.ckpt"}}).has_checkpoint
+            True
+        """
+        if any(self.summary.get("checkpoints", {}).values()):
+            return True
+        return any((self.path / "checkpoints").glob("*.ckpt"))
+
 
 @dataclass
 class Approach:
@@ -51,34 +67,119 @@ class Approach:
         found = [run.metrics.get(key, run.summary.get(key)) for run in self.runs]
         return [float(v) for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
 
+    def mean(self, key: str) -> float | None:
+        """The mean over the runs that have the metric, or None where none has it."""
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
 
-def read_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Approach], list[Path]]:
-    """Finished runs grouped by approach (in order of first appearance), and the unfinished
-    run directories (a config but no summary yet).
+    @property
+    def accuracy_absent(self) -> str | None:
+        """Why the runs have no accuracy, as ``measure`` recorded it (``measured.accuracy_absent``:
+        e.g. the data's classes do not map onto the model's outputs), or None where none said."""
+        reasons = [(run.summary.get("measured") or {}).get("accuracy_absent") for run in self.runs]
+        return "; ".join(dict.fromkeys(" ".join(str(r).split()) for r in reasons if r)) or None
+
+    @property
+    def measured_from(self) -> str | None:
+        """Where ``measure`` took the model from (``timm resnet50.a1_in1k``), or None for trained
+        runs."""
+        found = [run.summary.get("measured") for run in self.runs]
+        named = [" ".join(str(m[k]) for k in ("source", "model") if m.get(k)) for m in found if m]
+        return ", ".join(dict.fromkeys(n for n in named if n)) or None
+
+
+@dataclass
+class Failure:
+    """A run that failed before it measured anything (``failure.json``: an unknown model name, no
+    weights, an input too small)."""
+
+    path: Path
+    model: str
+    reason: str
+    command: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Failure:
+        """The failure recorded in ``path/failure.json``: ``{"model", "reason", "command"}``; a
+        file that cannot be read is a failure too, named by its directory."""
+        try:
+            record = json.loads((path / "failure.json").read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            record = {"reason": f"failure.json could not be read ({type(error).__name__}: {error})"}
+        return cls(
+            path,
+            " ".join(str(record.get("model") or path.name).split()),
+            " ".join(str(record.get("reason") or "no reason recorded").split()),  # one line
+            record.get("command"),
+        )
+
+
+@dataclass
+class Runs:
+    """What the run directories hold: finished runs grouped by approach (in order of first
+    appearance), the unfinished directories (a config but no summary yet), and the failed runs
+    (a ``failure.json``)."""
+
+    approaches: list[Approach]
+    unfinished: list[Path] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run directory: finished (``summary.json``), started (``config.yaml``)
+    or failed (``failure.json``).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     before = is_run_dir(tmp)
+        ...     _ = (Path(tmp) / "failure.json").write_text("{}")
+        ...     before, is_run_dir(tmp)
+        (False, True)
+    """
+    return any((Path(path) / name).is_file() for name in ("summary.json", "config.yaml", "failure.json"))
+
+
+def read_runs(run_dirs: Sequence[str | os.PathLike]) -> Runs:
+    """The runs in ``run_dirs``: finished, unfinished and failed (see :class:`Runs`). A directory
+    with a ``summary.json`` is finished, else one with a ``failure.json`` failed, else one with
+    a ``config.yaml`` has not finished.
 
     Raises:
-        SymtrainError: if a path is not a run directory, or no run has finished.
+        SymtrainError: if a path is not a run directory, or no run has finished (naming the first
+            failure's reason where every run failed).
     """
     if not run_dirs:
         raise SymtrainError("no run directories given: pass one or more, e.g. runs/compare/shapes")
     approaches: dict[str, Approach] = {}
     unfinished: list[Path] = []
+    failed: list[Failure] = []
     for path in map(Path, run_dirs):
         summary = path / "summary.json"
         if summary.is_file():
             run = Run(path, json.loads(summary.read_text()))
             approaches.setdefault(run.approach, Approach(run.approach)).runs.append(run)
+        elif (path / "failure.json").is_file():
+            failed.append(Failure.read(path))
         elif (path / "config.yaml").is_file():
             unfinished.append(path)
         else:
             raise SymtrainError(
-                f"'{path}' is not a run directory (no summary.json or config.yaml): pass run directories"
+                f"'{path}' is not a run directory (no summary.json, config.yaml or failure.json): "
+                "pass run directories"
             )
     if not approaches:
+        first = f"the first, {failed[0].model}: {failed[0].reason}" if failed else ""
+        if not unfinished:
+            raise SymtrainError(f"every run failed ({len(failed)}); {first}")
         raise SymtrainError(
-            f"none of the {len(unfinished)} runs has finished (no summary.json): train them first"
+            f"none of the {len(unfinished) + len(failed)} runs has finished (no summary.json): "
+            + (f"{len(failed)} failed, {first}; " if failed else "")
+            + "train them first"
         )
-    return list(approaches.values()), unfinished
+    return Runs(list(approaches.values()), unfinished, failed)
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -150,7 +251,9 @@ def curves_of(approaches: list[Approach], task: Task) -> dict[str, dict[str, str
         for run in approach.runs:
             for key, curve in run.summary.get("curves", {}).items():
                 name = key.partition("/")[2]
-                axis = next(k for k in curve if k not in ("acc", "miou"))
+                axis = next((k for k in curve if k not in ("acc", "miou")), None)
+                if axis is None:  # nothing to draw it against
+                    continue
                 recorded.setdefault(name, (described or {}).get(name) or {"axis": axis, "label": axis})
     return recorded
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def score_curve(
         drawn = False
         for approach in approaches:
             curves = [run.summary.get("curves", {}).get(curve) for run in approach.runs]
-            curves = [c for c in curves if c and len(c.get(axis, [])) == len(c.get(task.score, []))]
+            curves = [
+                c for c in curves if c and c.get(task.score) and len(c.get(axis, [])) == len(c[task.score])
+            ]
             if not curves:
                 continue
             x = np.asarray(curves[0][axis])
@@ -189,29 +192,152 @@ def stability_per_layer(approaches: list[Approach], path: Path) -> Path | None:
 
 def error_against_stability(approaches: list[Approach], task: Task, path: Path) -> Path | None:
     """Test error against R_f, one point per run (Petrini et al. 2021's plot), with the paper's
-    fit on CIFAR-10, error ≈ 0.2·√R_f, for reference."""
-    if task.name != "classification" or not _any(approaches, "test/diffeo/R_f"):
+    fit on CIFAR-10, error ≈ 0.2·√R_f, for reference; runs without an accuracy (measured
+    label-free) are left out."""
+    if task.name != "classification":
+        return None
+    drawn = {}
+    for approach in approaches:
+        points = [
+            (_number(run.metrics, "test/diffeo/R_f"), _number(run.metrics, "test/acc"))
+            for run in approach.runs
+        ]
+        points = [(r_f, 1 - acc) for r_f, acc in points if r_f is not None and acc is not None]
+        if points:
+            drawn[approach.name] = points
+    if not drawn:
         return None
     with plt.rc_context(_STYLE):
         figure, ax = plt.subplots(figsize=(6.4, 3.6))
-        every = []
-        for approach in approaches:
-            points = [
-                (run.metrics["test/diffeo/R_f"], 1 - run.metrics["test/acc"])
-                for run in approach.runs
-                if "test/diffeo/R_f" in run.metrics and "test/acc" in run.metrics
-            ]
-            if points:
-                ax.scatter(*zip(*points, strict=True), label=approach.name, s=60, zorder=3)
-                every += [p[0] for p in points]
-        if every:
-            r = np.geomspace(min(every) / 2, max(max(every) * 2, 1.0), 50)
-            reference = "0.2·√R_f (Petrini et al. 2021, CIFAR-10)"
-            ax.plot(r, 0.2 * np.sqrt(r), "--", color="tab:purple", linewidth=2, label=reference)
+        for name, points in drawn.items():
+            ax.scatter(*zip(*points, strict=True), label=name, s=60, zorder=3)
+        every = [p[0] for points in drawn.values() for p in points]
+        r = np.geomspace(max(min(every), 1e-12) / 2, max(max(every) * 2, 1.0), 50)
+        reference = "0.2·√R_f (Petrini et al. 2021, CIFAR-10)"
+        ax.plot(r, 0.2 * np.sqrt(r), "--", color="tab:purple", linewidth=2, label=reference)
         ax.set(xscale="log", xlabel="R_f (relative stability to diffeomorphisms)", ylabel="test error")
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+        return _save(figure, path)
+
+
+def _number(metrics: dict, key: str) -> float | None:
+    """The metric as a float, or None where it is absent or not finite."""
+    value = metrics.get(key)
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+# The families whose consistency the measures-against-accuracy figure shows: the first present.
+_CONSISTENCY_FAMILIES = ("shift", "circular_shift", "rotation", "rot90")
+
+
+def accuracy_points(
+    approaches: list[Approach], value: Callable[[Approach], float | None]
+) -> list[tuple[str, float, float]]:
+    """(approach, test accuracy in %, ``value(approach)``) of each approach that has both: the
+    accuracy is the mean over its runs that have one.
+
+    Examples:
+        >>> from symtrain.report.collect import Run
+        >>> def approach(name, **metrics):
+        ...     return Approach(name, [Run(Path(name), {"metrics": metrics})])
+        >>> runs = [approach("a", **{"test/acc": 0.5, "x": 2.0}), approach("b", x=3.0), approach("c")]
+        >>> accuracy_points(runs, lambda a: a.mean("x"))
+        [('a', 50.0, 2.0)]
+    """
+    points = []
+    for approach in approaches:
+        accuracy, measured = approach.mean("test/acc"), value(approach)
+        if accuracy is not None and measured is not None and np.isfinite(measured):
+            points.append((approach.name, accuracy * 100, float(measured)))
+    return points
+
+
+def _lie_panel(approaches: list[Approach]) -> tuple[str, list[tuple[str, float, float]]] | None:
+    """The mean Lie derivative over the generators that every approach with an accuracy and a
+    Lie derivative has (so that each point averages the same generators)."""
+    measured = [
+        a for a in approaches if a.values("test/acc") and any(a.values(f"test/lie/{g}") for g in _GENERATORS)
+    ]
+    generators = [g for g in _GENERATORS if measured and all(a.values(f"test/lie/{g}") for a in measured)]
+    if not generators:
+        return None
+
+    def mean_lie(approach: Approach) -> float | None:
+        means = [approach.mean(f"test/lie/{g}") for g in generators]
+        return None if None in means else float(np.mean(means))
+
+    label = "mean |L_X f| over generators\n(" + textwrap.fill(", ".join(generators), 42) + ")"
+    return label, accuracy_points(approaches, mean_lie)
+
+
+def _consistency_panel(approaches: list[Approach]) -> tuple[str, list[tuple[str, float, float]]] | None:
+    """Consistency (%) under the first of :data:`_CONSISTENCY_FAMILIES` with two points or more."""
+    for family in _CONSISTENCY_FAMILIES:
+        key = f"test/equiv/{family}/consistency"
+        points = accuracy_points(approaches, lambda a, key=key: a.mean(key))
+        if len(points) >= 2:
+            return f"consistency under {family} (%)", [(n, acc, v * 100) for n, acc, v in points]
+    return None
+
+
+def accuracy_panels(approaches: list[Approach]) -> list[tuple[str, list[tuple[str, float, float]], bool]]:
+    """The panels of :func:`measures_against_accuracy`: (y label, points as
+    :func:`accuracy_points` gives them, whether the y axis is logarithmic) of each measure that
+    two approaches or more have together with an accuracy, in the order Lie derivative,
+    consistency, R_f."""
+    r_f = accuracy_points(approaches, lambda a: a.mean("test/diffeo/R_f"))
+    candidates = [
+        (_lie_panel(approaches), True),
+        (_consistency_panel(approaches), False),
+        (("R_f (relative stability to diffeomorphisms)", r_f), True),
+    ]
+    return [(*panel, log) for panel, log in candidates if panel is not None and len(panel[1]) >= 2]
+
+
+def measures_against_accuracy(approaches: list[Approach], task: Task, path: Path) -> Path | None:
+    """Invariance measures against test accuracy, one point per approach (the mean over its
+    runs), as Gruver et al. 2022 (Fig. 1 and 4) plot the Lie derivative of many ImageNet models
+    against their top-1 accuracy: up to three panels, the mean Lie derivative over the
+    generators measured, the consistency under the first shift or rotation family measured, and
+    R_f. A panel needs two approaches with both an accuracy and its value; approaches without an
+    accuracy (measured label-free) are left out.
+
+    Returns:
+        ``path``, or None without a panel (and for segmentation runs).
+    """
+    panels = accuracy_panels(approaches) if task.name == "classification" else []
+    if not panels:
+        return None
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {a.name: colours[i % len(colours)] for i, a in enumerate(approaches)}
+    with plt.rc_context(_STYLE):
+        figure, axes = _panels(len(panels), width=3.6)
+        for ax, (label, points, log) in zip(axes, panels, strict=True):
+            for name, accuracy, value in points:
+                ax.scatter(accuracy, value, s=90, zorder=3, color=colour[name], label=name)
+                ax.annotate(name, (accuracy, value), xytext=(4, 3), textcoords="offset points", fontsize=7)
+            if log:
+                values = [value for _, _, value in points]
+                if min(values) > 0:
+                    ax.set_yscale("log")
+                else:  # an exactly invariant model measures 0: linear around it
+                    ax.set_yscale("symlog", linthresh=min([v for v in values if v > 0] or [1e-6]))
+            ax.margins(x=0.1, y=0.12)
+            low, high = ax.get_xlim()
+            ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the points
+            ax.set_xlabel("test accuracy (%)")
+            ax.set_ylabel(label, fontsize=8)
+        shown = {name: None for _, points, _ in panels for name, _, _ in points}
+        if len(shown) <= 10:  # more would hide the panels: the points are labelled anyway
+            handles = [
+                plt.Line2D([], [], marker="o", markersize=9, linestyle="", color=colour[name], label=name)
+                for name in shown
+            ]
+            axes[-1].legend(
+                handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False
+            )
         return _save(figure, path)
 
 
@@ -254,20 +380,30 @@ def _test_images(run_dir: Path, count: int) -> tuple[torch.Tensor, torch.Tensor,
 def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Path | None, str | None]:
     """Test images under each view, with each approach's predicted class (green: right).
 
-    Uses the first run of each approach and the first run's data, rebuilt from its config.
+    Uses the first run of each approach that has a checkpoint, and the data of the first of
+    them, rebuilt from its config; approaches measured, not trained here (no checkpoint), are
+    left out, and the note names them.
 
     Returns:
-        (``path``, None), or (None, a note saying why the figure was left out).
+        (``path``, None or a note naming the approaches left out), or (None, a note saying why
+        the figure was left out).
     """
     from symtrain.runs import load_model
 
+    loadable = [a for a in approaches if a.runs[0].has_checkpoint]
+    unloadable = ", ".join(a.name for a in approaches if not a.runs[0].has_checkpoint)
+    if not loadable:
+        return None, f"examples left out: no checkpoint to load ({unloadable}: measured, not trained here)"
+    skipped = (
+        f"examples leave out {unloadable}: measured, not trained here (no checkpoint)" if unloadable else None
+    )
     try:
-        images, labels, names = _test_images(approaches[0].runs[0].path, count)
+        images, labels, names = _test_images(loadable[0].runs[0].path, count)
     except Exception as error:  # e.g. a download dataset that is not on this machine
         return None, f"examples left out: the data could not be rebuilt ({type(error).__name__}: {error})"
     predictions = {}
     with torch.no_grad():
-        for approach in approaches:
+        for approach in loadable:
             try:
                 net = load_model(approach.runs[0].path)
             except Exception as error:  # e.g. checkpoints deleted to save space: the tables still stand
@@ -277,7 +413,7 @@ def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Pa
         figure, axes = plt.subplots(
             len(images),
             len(_VIEWS),
-            figsize=(2.9 * len(_VIEWS), (1.6 + 0.17 * len(approaches)) * len(images)),
+            figsize=(2.9 * len(_VIEWS), (1.6 + 0.17 * len(loadable)) * len(images)),
             squeeze=False,
         )
         for row, (image, label) in enumerate(zip(images, labels, strict=True)):
@@ -305,4 +441,4 @@ def examples(approaches: list[Approach], path: Path, count: int = 4) -> tuple[Pa
         figure.subplots_adjust(left=0.03, right=0.86, top=0.95, bottom=0.02, wspace=0.95, hspace=0.12)
         figure.savefig(path)
         plt.close(figure)
-        return path, None
+        return path, skipped

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from symtrain.report.collect import Approach, Task, families, mean_std, measures_of
+from symtrain.report.collect import Approach, Failure, Task, families, mean_std, measures_of
 from symtrain.transforms import families_by_name
 
 _UPRIGHT = {
@@ -59,10 +60,43 @@ def _cell(approach: Approach, key: str, scale: float = 1.0, digits: int = 1) -> 
     return f"{mean:{form}} ± {std:{form}}" if len(approach.runs) > 1 else f"{mean:{form}}"
 
 
+class Spanning(str):
+    """A cell that fills the rest of its row: a failed model's reason in place of its numbers.
+
+    Examples:
+        >>> _markdown_row(["resnet", "", Spanning("failed: no weights")], 5)
+        '| resnet |  | failed: no weights |  |  |'
+        >>> _html_row(["resnet", "", Spanning("failed: no weights")], 5)
+        "<tr><td>resnet</td><td></td><td colspan='3' class='failed'>failed: no weights</td></tr>"
+    """
+
+
+def _markdown_row(row: list[str], width: int) -> str:
+    """A table row in Markdown: a spanning cell is followed by empty ones up to the header's width
+    (a ``|`` in a cell, e.g. in a failure's reason, is escaped)."""
+    return "| " + " | ".join([*(c.replace("|", "\\|") for c in row), *[""] * (width - len(row))]) + " |"
+
+
+def _html_row(row: list[str], width: int) -> str:
+    cells = [
+        f"<td colspan='{width - i}' class='failed'>{html.escape(c)}</td>"
+        if isinstance(c, Spanning)
+        else f"<td>{html.escape(c)}</td>"
+        for i, c in enumerate(row)
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _upright(approach: Approach, task: Task) -> str:
+    """The upright score, or n/a for runs without one (measured label-free: the notes say why)."""
+    return _cell(approach, f"test/{task.score}", 100) or "n/a"
+
+
 def tables(
-    approaches: list[Approach], families: list[str], task: Task
+    approaches: list[Approach], families: list[str], task: Task, failed: Sequence[Failure] = ()
 ) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(caption, header, rows) of the report's tables: one row per approach."""
+    """(caption, header, rows) of the report's tables: one row per approach, and in the first
+    one row per failed model, its reason (a :class:`Spanning` cell) in place of its numbers."""
     first = ["approach", "seeds"]
     names = [[a.name, str(len(a.runs))] for a in approaches]
     accuracy = (
@@ -72,14 +106,15 @@ def tables(
         [
             [
                 *n,
-                _cell(a, f"test/{task.score}", 100),
+                _upright(a, task),
                 *(_cell(a, f"test/equiv/{f}/{task.score}", 100) for f in families),
                 a.base_pipeline,
                 f"{int(a.values('params')[0]):,}" if a.values("params") else "",
                 _cell(a, "fit_seconds", digits=0) or "n/a",
             ]
             for n, a in zip(names, approaches, strict=True)
-        ],
+        ]
+        + [[f.model, "", Spanning(f"failed: {f.reason}")] for f in _distinct(failed)],
     )
     measured = []
     for m in measures_of(approaches, task):
@@ -100,6 +135,38 @@ def tables(
     return [accuracy, *shown]
 
 
+def _distinct(failed: Sequence[Failure]) -> list[Failure]:
+    """One failure per model and reason (a model that failed for every seed is one row)."""
+    return list({(f.model, f.reason): f for f in failed}.values())
+
+
+def failure_notes(failed: Sequence[Failure]) -> list[str]:
+    """A note line per failed model: ``failed: <model> (<reason>)``."""
+    return [f"failed: {f.model} ({f.reason})" for f in _distinct(failed)]
+
+
+def _counts(approaches: list[Approach], failed: Sequence[Failure]) -> str:
+    runs = sum(len(a.runs) for a in approaches)
+    return f"{runs} runs of {len(approaches)} approaches" + (f", {len(failed)} failed" if failed else "")
+
+
+def _run_list(
+    approaches: list[Approach],
+    failed: Sequence[Failure],
+    text: Callable[[str], str],
+    code: Callable[[str], str],
+) -> list[str]:
+    """The Runs section's items: each approach's run directories (and where a measured model came
+    from), then each failed run's; ``text`` and ``code`` write plain text and paths."""
+    items = [
+        text(f"{a.name}: ")
+        + ", ".join(code(str(r.path)) for r in a.runs)
+        + (text(f" (measured: {a.measured_from})") if a.measured_from else "")
+        for a in approaches
+    ]
+    return items + [text(f"{f.model}: failed, ") + code(str(f.path)) for f in failed]
+
+
 def markdown(
     title: str,
     approaches: list[Approach],
@@ -107,17 +174,18 @@ def markdown(
     figures: list[tuple[str, Path]],
     notes: list[str],
     task: Task,
+    failed: Sequence[Failure] = (),
 ) -> str:
     """The report as Markdown, with the figures linked from ``figures/``."""
     lines = [
         f"# {title}",
         "",
-        f"{sum(len(a.runs) for a in approaches)} runs, {datetime.now():%Y-%m-%d %H:%M}.",
+        f"{_counts(approaches, failed)}, {datetime.now():%Y-%m-%d %H:%M}.",
         "",
     ]
-    for caption, header, rows in tables(approaches, families, task):
+    for caption, header, rows in tables(approaches, families, task, failed):
         lines += [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        lines += [_markdown_row(row, len(header)) for row in rows] + [""]
     for caption, path in figures:
         lines += [f"![{caption}](figures/{path.name})", "", f"*{caption}*", ""]
     lines += (
@@ -125,10 +193,9 @@ def markdown(
         + [f"- **{term}**: {text}" for term, text in definitions(approaches, task)]
         + [""]
     )
-    lines += ["## Runs", ""] + [
-        f"- {a.name}: " + ", ".join(f"`{r.path}`" for r in a.runs) for a in approaches
-    ]
-    return "\n".join(lines + [""] + [f"> {note}" for note in notes]) + "\n"
+    items = _run_list(approaches, failed, lambda t: t, lambda p: f"`{p}`")
+    lines += ["## Runs", ""] + [f"- {item}" for item in items]
+    return "\n".join(lines + [""] + [f"> {note}\n" for note in notes]).rstrip("\n") + "\n"  # a quote each
 
 
 _CSS = """
@@ -141,6 +208,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right;
 th:first-child, td:first-child { text-align: left; }
 th { background: #f4f4f4; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
+td.failed { text-align: left; white-space: normal; color: #a12; }
 .note { color: #8a5300; } code { font-size: 0.9em; }
 """
 
@@ -152,24 +220,24 @@ def html_page(
     figures: list[tuple[str, Path]],
     notes: list[str],
     task: Task,
+    failed: Sequence[Failure] = (),
 ) -> str:
     """A self-contained page: inline CSS, figures as data URIs, no scripts, no external URLs."""
     e = html.escape
-    runs = sum(len(a.runs) for a in approaches)
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f"<p>{runs} runs of {len(approaches)} approaches, {datetime.now():%Y-%m-%d %H:%M}.</p>",
+        f"<p>{e(_counts(approaches, failed))}, {datetime.now():%Y-%m-%d %H:%M}.</p>",
     ]
     parts += [f"<p class='note'>{e(note)}</p>" for note in notes]
-    for caption, header, rows in tables(approaches, families, task):
+    for caption, header, rows in tables(approaches, families, task, failed):
         parts.append(
             f"<table><caption>{e(caption)}</caption><tr>"
             + "".join(f"<th>{e(h)}</th>" for h in header)
             + "</tr>"
         )
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts += [_html_row(row, len(header)) for row in rows]
         parts.append("</table>")
     for caption, path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
@@ -181,7 +249,6 @@ def html_page(
     parts += [f"<dt><b>{e(term)}</b></dt><dd>{e(text)}</dd>" for term, text in definitions(approaches, task)]
     parts.append("</dl><h2>Runs</h2><ul>")
     parts += [
-        f"<li>{e(a.name)}: " + ", ".join(f"<code>{e(str(r.path))}</code>" for r in a.runs) + "</li>"
-        for a in approaches
+        f"<li>{item}</li>" for item in _run_list(approaches, failed, e, lambda p: f"<code>{e(p)}</code>")
     ]
     return "\n".join(parts + ["</ul></body></html>"]) + "\n"
