@@ -29,6 +29,7 @@ _PLUGIN_BASES = {
     "symmetry": ("symtrain.symmetry", "SymmetryStrategy"),
     "families": ("symtrain.transforms", "TransformFamily"),
     "data": ("symtrain.data", "ImageDataModule"),
+    "model": ("symtrain.zoo", "ModelSource"),  # measure's model (fit's model is not a plugin)
 }
 
 

@@ -331,6 +331,10 @@ def test_a_pretrained_timm_model_comes_from_the_cache_with_its_data_config_and_s
             "unknown timm model 'resnet_nonexistent'.*list_models",
         ),
         (
+            ["--model=Nope"],
+            r"model: unknown class 'Nope' \(valid choices: ModuleFile, SymtrainRun, TimmModel",
+        ),
+        (
             ["--model=TimmModel", "--model.name=resnet10t"],
             "no cached pretrained weights for timm model 'resnet10t'",
         ),
