@@ -9,7 +9,8 @@ median of the rounds, because a shared machine's absolute speed wanders):
 
 1. framework overhead: training images/s of symtrain's fit (the CLI's trainer, model and
    data) over a hand-written PyTorch loop on the same network, data, batch size, optimiser
-   and schedule; target >= 0.95.
+   and schedule, with the default recipe (AdamW + one-cycle) and with the papers' SGD +
+   MultiStepLR (configs/optim/sgd_multistep.yaml); target >= 0.95 each.
 2. metrics cost: one run of the equivariance metrics (default settings) as a share of a
    training epoch of the quickstart; target <= 0.10. And ``symtrain.measure`` (what ``python
    -m symtrain measure`` runs) streaming the test subset from a DataLoader of uint8 batches,
@@ -239,21 +240,36 @@ def fit_round(root: Path, accelerator: str, sizes: Sizes, *overrides: str) -> di
         "net": untrained,
         "split": cli.datamodule.splits["train"],
         "splits": cli.datamodule.splits,
-        "lr": cli.model.hparams.lr,
-        "weight_decay": cli.model.hparams.weight_decay,
+        "recipe": cli.model.recipe(),
         "batch_size": cli.datamodule.batch_size,
         "peak_memory": peak_memory(cli.model.device),
     }
 
 
 def hand_written_loop(fit: dict[str, Any], device: torch.device, warmup: int) -> float:
-    """The loop anyone would write: data in memory on the device, AdamW with one-cycle, and
-    nothing else. Returns training images/s over the same window as :class:`TrainWindow`."""
+    """The loop anyone would write: data in memory on the device, the fit's optimizer and
+    schedule (AdamW with one-cycle by default) built directly, and nothing else. Returns
+    training images/s over the same window as :class:`TrainWindow`."""
+    import importlib
+
     net, split, batch_size = fit["net"].to(device).train(), fit["split"], fit["batch_size"]
     images, labels = split.images.to(device), split.labels.to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=fit["lr"], weight_decay=fit["weight_decay"])
     num_batches = -(-len(labels) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=fit["lr"], total_steps=num_batches)
+    recipe = fit["recipe"]
+
+    def built(spec: dict[str, Any], *args: Any) -> Any:
+        module_name, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module_name), name)(*args, **spec["init_args"])
+
+    optimizer = built(recipe["optimizer"], net.parameters())
+    if recipe["lr_scheduler"] == "onecycle":
+        lr = recipe["optimizer"]["init_args"]["lr"]
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=num_batches)
+    elif isinstance(recipe["lr_scheduler"], dict):
+        scheduler = built(recipe["lr_scheduler"], optimizer)
+    else:
+        scheduler = None
+    per_step = scheduler is not None and recipe["lr_interval"] == "step"
     order = torch.randperm(len(labels), device=device)
     start, counted = 0.0, 0
     for index in range(num_batches):
@@ -266,20 +282,24 @@ def hand_written_loop(fit: dict[str, Any], device: torch.device, warmup: int) ->
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        if per_step:
+            scheduler.step()
         counted += len(batch) if index >= warmup else 0
     synchronize(device)
     return counted / (time.perf_counter() - start)
 
 
-def overhead_and_metrics(
+def interleaved_rounds(
     root: Path, accelerator: str, device: torch.device, sizes: Sizes, *fit_args: str
 ) -> dict[str, Any]:
+    """symtrain's fit and the hand-written loop, round after round in alternating order (a drift
+    of the machine's speed favours neither), after a warm-up round of each (allocator, cuDNN,
+    page cache): their images/s, the metrics' share of each epoch, and the last fit."""
     symtrain_rates, hand_rates, shares, epochs = [], [], [], []
-    fit = fit_round(root, accelerator, sizes, *fit_args)  # warm-up round: allocator, cuDNN, page cache
+    fit = fit_round(root, accelerator, sizes, *fit_args)
     hand_written_loop(fit, device, sizes.warmup)
     for round_ in range(sizes.rounds):
-        if round_ % 2:  # alternate the order, so a drift of the machine's speed favours neither
+        if round_ % 2:
             hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
         fit = fit_round(root, accelerator, sizes, *fit_args)
         symtrain_rates.append(fit["images_per_s"])
@@ -287,16 +307,31 @@ def overhead_and_metrics(
             hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
         shares.append(fit["metrics_s"] / fit["epoch_s"])
         epochs.append(fit["epoch_s"])
+    return {"symtrain": symtrain_rates, "hand": hand_rates, "shares": shares, "epochs": epochs, "fit": fit}
+
+
+# The SGD recipe of the papers' ResNets (configs/optim/sgd_multistep.yaml), as a fit's flags.
+SGD_RECIPE = ("--config", str(ROOT / "configs" / "optim" / "sgd_multistep.yaml"))
+
+
+def overhead_and_metrics(
+    root: Path, accelerator: str, device: torch.device, sizes: Sizes, *fit_args: str
+) -> dict[str, Any]:
+    rounds = interleaved_rounds(root, accelerator, device, sizes, *fit_args)
+    sgd = interleaved_rounds(root, accelerator, device, sizes, *fit_args, *SGD_RECIPE)
+    fit, epochs = rounds["fit"], rounds["epochs"]
+    symtrain_rate, hand_rate = median(rounds["symtrain"]), median(rounds["hand"])
     return {
         "measure_over_callback": measure_throughput(fit, device, sizes),
         "measure_epoch_share": measure_costs(fit, device, median(epochs), sizes),
-        "symtrain_images_per_s": median(symtrain_rates),
-        "hand_written_images_per_s": median(hand_rates),
-        "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
+        "symtrain_images_per_s": symtrain_rate,
+        "hand_written_images_per_s": hand_rate,
+        "framework_overhead_ratio": symtrain_rate / hand_rate,
+        "sgd_framework_overhead_ratio": median(sgd["symtrain"]) / median(sgd["hand"]),
         "train_epoch_s": median(epochs),
         # the callback measures every_n_epochs (default 2) epochs: its cost per epoch of a fit
-        "metrics_epoch_share": median(shares) / EquivarianceMetrics().every_n_epochs,
-        "metrics_measurement_share": median(shares),
+        "metrics_epoch_share": median(rounds["shares"]) / EquivarianceMetrics().every_n_epochs,
+        "metrics_measurement_share": median(rounds["shares"]),
     }
 
 
@@ -637,19 +672,11 @@ def resnet_overhead(root: Path, accelerator: str, device: torch.device, sizes: S
         args = ("--config", str(ROOT / "configs" / "backbone" / f"{config}.yaml"), "--metrics.families=[]")
         # only the training window is timed: a small validation split and no measurements
         args += ("--data.init_args.batch_size", str(sizes.resnet_batch), "--data.init_args.num_val", "64")
-        fit = fit_round(root, accelerator, small, *args)  # warm-up round
-        symtrain_rates, hand_rates = [], []
-        for round_ in range(sizes.rounds):
-            if round_ % 2:
-                hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
-            fit = fit_round(root, accelerator, small, *args)
-            symtrain_rates.append(fit["images_per_s"])
-            if not round_ % 2:
-                hand_rates.append(hand_written_loop(fit, device, sizes.warmup))
+        rounds = interleaved_rounds(root, accelerator, device, small, *args)
         rows[config] = {
-            "framework_overhead_ratio": median(symtrain_rates) / median(hand_rates),
-            "symtrain_images_per_s": median(symtrain_rates),
-            "parameters": sum(p.numel() for p in fit["net"].parameters()),
+            "framework_overhead_ratio": median(rounds["symtrain"]) / median(rounds["hand"]),
+            "symtrain_images_per_s": median(rounds["symtrain"]),
+            "parameters": sum(p.numel() for p in rounds["fit"]["net"].parameters()),
         }
     return {"resnet": rows}
 
@@ -1069,6 +1096,12 @@ def report(results: dict[str, Any]) -> str:
     if "framework_overhead_ratio" in results:
         overhead = results["framework_overhead_ratio"]
         row("framework overhead: symtrain img/s / hand-written loop img/s", overhead, 0.95, True)
+        row(
+            "framework overhead, SGD + MultiStepLR recipe: symtrain img/s / hand-written loop img/s",
+            results["sgd_framework_overhead_ratio"],
+            0.95,
+            True,
+        )
         share = results["metrics_epoch_share"]
         row("metrics: callback time per epoch (every 2nd epoch) / training epoch", share, 0.10, False)
         info("metrics: one measurement / training epoch", results["metrics_measurement_share"])

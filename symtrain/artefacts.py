@@ -32,12 +32,20 @@ class RunArtefacts(pl.Callback):
         timings: the callback that clocks the run's loops (``summary.json``'s ``seconds``).
         test_follows_fit: the command tests the fitted model next; the summary waits for it, so
             a run with a summary is one whose command finished.
+        recipe: what the model trains with (``SymmetryModule.recipe``, as wandb's config has it);
+            by default the module's own, without weight averaging.
     """
 
     def __init__(
-        self, run_dir: Path, identity: RunIdentity, timings: Timings, test_follows_fit: bool = False
+        self,
+        run_dir: Path,
+        identity: RunIdentity,
+        timings: Timings,
+        test_follows_fit: bool = False,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.recipe = recipe
         self.test_follows_fit = test_follows_fit
         self.identity = identity
         self.timings = timings
@@ -88,6 +96,8 @@ class RunArtefacts(pl.Callback):
             # What training images went through besides the strategy (flips are a symmetry).
             "base_pipeline": data.get("base_pipeline", "none"),
             "params": module.num_params,
+            # The optimizer, schedule and weight averaging (the report's recipe column).
+            "recipe": self.recipe if self.recipe is not None else _recipe_of(module),
             "fit_seconds": self.fit_seconds,
             "seconds": self._seconds(trainer),
             "metrics": to_jsonable(metrics),
@@ -138,6 +148,10 @@ class RunArtefacts(pl.Callback):
         new = {name: curves[name] for name in curves if name not in self._curves_logged}
         self._curves_logged.update(new)
         log_curves(trainer.loggers, new)
+
+
+def _recipe_of(module: pl.LightningModule) -> dict[str, Any] | None:
+    return module.recipe() if hasattr(module, "recipe") else None
 
 
 def log_curves(loggers: list[Logger], curves: dict[str, dict[str, list[float]]]) -> None:

@@ -8,7 +8,9 @@ offline, a ``summary.json``, test-after-fit, and one-line errors for user mistak
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -42,13 +44,23 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
 
-# The last segment of a config key whose value is a plugin, and the base class of its choices.
+# LightningCLI's other way to choose an optimizer or scheduler (top-level keys that replaced the
+# module's configure_optimizers), switched off: the recipe is the model's, in one place.
+_TOP_LEVEL_RECIPE = re.compile(r"(?:[Oo]ption '|unrecognized arguments:.*?--)(optimizer|lr_scheduler)\b")
+
+
 class SymtrainArgumentParser(LightningArgumentParser):
     """LightningCLI's parser, reporting mistakes as one line and exit code 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> None:  # type: ignore[override]
         if not getattr(self, "exit_on_error", True):
             super().error(message, ex)
+        if moved := _TOP_LEVEL_RECIPE.search(message):
+            key = moved.group(1)
+            message = (
+                f"a top-level {key} is not a setting: give it as model.{key} (class_path and init_args, "
+                "as configs/optim/ does)"
+            )
         sys.stderr.write(f"symtrain: error: {one_line_error(message)} (see --help)\n")
         sys.exit(2)
 
@@ -67,7 +79,7 @@ class SymtrainCLI(LightningCLI):
             trainer_defaults={"default_root_dir": "runs", "max_epochs": 10, "log_every_n_steps": 10},
             args=args,
             run=run,
-            auto_configure_optimizers=True,
+            auto_configure_optimizers=False,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -100,11 +112,18 @@ class SymtrainCLI(LightningCLI):
         self.save_config_kwargs["overwrite"] = self.run.resumed
         # Lightning keeps SLURM's requeue checkpoints (hpc_ckpt_N.ckpt) in default_root_dir.
         kwargs["default_root_dir"] = str(self.run_dir)
+        # Recorded before the optimizer exists, from the model's settings and the callbacks.
+        recipe = self.model.recipe(ema=self._ema_settings())
         if trainer_config.get("logger") in (None, True):
             data = self._get(self.config, "data").as_dict()
             data["base_pipeline"] = self.datamodule.pipeline.name  # what training saw, at a glance
-            kwargs["logger"] = run_loggers(self.run_dir, options, identity, self.model.num_params, data)
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *self._run_callbacks(identity)]
+            kwargs["logger"] = run_loggers(
+                self.run_dir, options, identity, self.model.num_params, data, recipe=recipe
+            )
+        kwargs["callbacks"] = [
+            *_as_list(trainer_config.get("callbacks")),
+            *self._run_callbacks(identity, recipe),
+        ]
         if not any(isinstance(p, CheckpointIO) for p in trainer_config.get("plugins") or []):
             kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
         if options.quiet:
@@ -114,6 +133,28 @@ class SymtrainCLI(LightningCLI):
         except Exception:
             self.run.abandon()
             raise
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Weight averaging swaps the averaged weights in when validation starts and back when its
+        # epoch ends: placed after the callbacks that measure the validated model (the metrics),
+        # which then measure the averaged weights too, as the loss and accuracy are.
+        configured = _as_list(config.get("callbacks"))
+        averaging = [c for c in configured if isinstance(c, WeightAveraging)]
+        config["callbacks"] = [c for c in configured if not isinstance(c, WeightAveraging)]
+        return super()._instantiate_trainer(config, [*callbacks, *averaging])
+
+    def _ema_settings(self) -> dict[str, Any] | None:
+        """The configured EMAWeightAveraging callback's settings (what the recipe records), or
+        None. Read from the config: the callback keeps its decay inside a closure."""
+        configured = _as_list(self._get(self.config_init, "trainer", default={}).get("callbacks"))
+        parsed = _as_list(self._get(self.config, "trainer", default={}).get("callbacks"))
+        for callback, spec in zip(configured, parsed, strict=False):
+            if isinstance(callback, EMAWeightAveraging):
+                settings = dict(spec.get("init_args") or {})
+                # Its own settings, not where the copy lives (device) or AveragedModel's extras.
+                own = set(inspect.signature(EMAWeightAveraging).parameters) - {"device", "kwargs"}
+                return {key: value for key, value in settings.items() if key in own}
+        return None
 
     @property
     def run_dir(self) -> Path | None:
@@ -160,7 +201,7 @@ class SymtrainCLI(LightningCLI):
                 )
             self.datamodule.with_masks = True
 
-    def _run_callbacks(self, identity: RunIdentity) -> list[Callback]:
+    def _run_callbacks(self, identity: RunIdentity, recipe: dict[str, Any]) -> list[Callback]:
         """What every run has: its checkpoints, recovery, timings and artefacts."""
         checkpoints = self.run_dir / "checkpoints"
         # best: lowest val/loss (accuracy ties early, at 1.0, and would keep an undertrained
@@ -171,7 +212,9 @@ class SymtrainCLI(LightningCLI):
         self.preemption = Preemption(checkpoints / "last.ckpt")
         timings = Timings()
         test_follows = self.subcommand == "fit" and self.run_options.test_after_fit
-        artefacts = RunArtefacts(self.run_dir, identity, timings, test_follows_fit=test_follows)
+        artefacts = RunArtefacts(
+            self.run_dir, identity, timings, test_follows_fit=test_follows, recipe=recipe
+        )
         recovery = [RandomState(), self.preemption, NonFiniteLossStop(checkpoints / "last.ckpt")]
         return [*recovery, timings, best, last, artefacts]
 
@@ -223,6 +266,12 @@ class SymtrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.run_options.test_after_fit and not self.trainer.interrupted:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, WeightAveraging):
+                    # Its averaged copy belongs to the fit: while it exists, Lightning's callback
+                    # loads a checkpoint's raw weights over its averaged ones (it resumes the fit),
+                    # and the test would score the raw weights; without it, the averaged.
+                    callback._average_model = None
             best = self.trainer.checkpoint_callback.best_model_path
             self.trainer.test(
                 self.model,
@@ -230,6 +279,13 @@ class SymtrainCLI(LightningCLI):
                 ckpt_path=best or None,
                 verbose=not self.run_options.quiet,
             )
+
+
+def _as_list(callbacks: Any) -> list[Any]:
+    """``trainer.callbacks`` as a list: a config may give one callback alone, or none."""
+    if callbacks is None:
+        return []
+    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
 def user_error(error: BaseException | None) -> BaseException | None:

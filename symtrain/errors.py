@@ -33,6 +33,15 @@ _PLUGIN_BASES = {
 }
 
 
+# A class given where a subclass of one (or any of several) is expected.
+_NOT_A_SUBCLASS = r"Expected '([\w.]+)' to be a subclass of (?:<class '(\w+)'>|Union\[([^\]]*)\])"
+# The config keys that take a class from outside symtrain, and where their choices are.
+_CHOICES_HINT = {
+    "optimizer": ": choose a class of torch.optim (e.g. torch.optim.SGD) or timm.optim",
+    "lr_scheduler": ": choose a class of torch.optim.lr_scheduler or timm.scheduler",
+}
+
+
 def _subclass_names(base: type) -> list[str]:
     names, stack = set(), [base]
     while stack:
@@ -66,6 +75,13 @@ def one_line_error(message: str) -> str:
     for part in re.findall(r'Parser key "([^"]+)"', message):
         key = part if part.startswith(key) else f"{key}.{part}" if key else part
     prefix = f"{key}: " if key else ""
+    if ambiguous := re.search(r"Multiple subclasses with name (\w+)\. .*?: ([\w.]+)", message):
+        name, first = ambiguous.groups()
+        return f"{prefix}{name} names several classes: give its full class path, e.g. {first}"
+    if wrong := re.search(_NOT_A_SUBCLASS, message):
+        base = wrong.group(2) or f"any of {wrong.group(3)}"
+        hint = _CHOICES_HINT.get(key.rpartition(".")[2], "")
+        return f"{prefix}{wrong.group(1)} is not a subclass of {base}{hint}"
     if unknown := re.search(r"(?:dot import path string|Import path):? (\S+)", message):
         base = _PLUGIN_BASES.get(key.rpartition(".")[2])
         if base is not None:

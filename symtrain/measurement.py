@@ -314,6 +314,7 @@ class MeasureCommand:
             "families": [family.name for family in callback.families],
             "data": described,
             "checkpoints": {"best": None, "last": None},
+            **({"recipe": model.recipe} if model.recipe is not None else {}),
             "measured": {
                 "source": model.source,
                 "model": model.name,

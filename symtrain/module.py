@@ -23,6 +23,20 @@ from torchmetrics import MeanMetric, MetricCollection
 from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.errors import SymtrainError
+from symtrain.recipes import (
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    PLATEAU_MONITOR,
+    LRSchedulerCallable,
+    OptimizerCallable,
+    UpdateCountScheduler,
+    check_optimizer,
+    check_scheduler,
+    describe,
+    parameter_groups,
+    recipe_outline,
+    short_name,
+)
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
 from symtrain.symmetry.base import StrategyNet, StrategyStatistics
 from symtrain.tasks import TASKS, Segmentation
@@ -134,9 +148,24 @@ class SymmetryModule(pl.LightningModule):
         in_channels: image channels (linked from the data by the CLI).
         mean: per-channel mean of the images in [0, 1] (linked from the data).
         std: per-channel standard deviation (linked from the data).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay.
-        lr_schedule: ``onecycle`` (warm-up then cosine decay over the whole fit) or ``constant``.
+        lr: peak learning rate of the default recipe's AdamW (None: 3e-3). Does not apply, and
+            must stay None, when ``optimizer`` is given (its ``init_args.lr`` is the rate).
+        weight_decay: the default recipe's AdamW weight decay (None: 1e-4); None with ``optimizer``.
+        lr_schedule: the default recipe's schedule (None: ``onecycle``): ``onecycle`` (warm-up
+            then cosine decay over the whole fit, stepped per step) or ``constant``. None when
+            ``optimizer`` or ``lr_scheduler`` is given.
+        optimizer: any optimizer in place of AdamW, by ``class_path`` and ``init_args`` in a config
+            (``torch.optim.SGD``, ``timm.optim.Lamb``, ...); it receives the parameters. Without
+            ``lr_scheduler`` its learning rate stays constant.
+        lr_scheduler: any learning-rate scheduler in place of the one-cycle schedule, by
+            ``class_path`` and ``init_args``: a ``torch.optim.lr_scheduler`` class (it receives the
+            optimizer; ``ReduceLROnPlateau`` steps on ``val/loss``) or a timm scheduler
+            (``timm.scheduler.CosineLRScheduler``: stepped with the epochs or the updates done).
+        lr_interval: when ``lr_scheduler`` steps: ``epoch`` (None means epoch) or ``step`` (after
+            every optimizer step). None without ``lr_scheduler``.
+        decay_norms_and_biases: apply weight decay to every parameter (True, as every run before
+            this option), or, as timm's recipes do, not to biases and normalisation layers (False:
+            they form a parameter group with weight decay 0, for any optimizer).
         label_smoothing: cross-entropy label smoothing.
         channels_last: keep weights and batches in channels-last memory order (faster
             convolutions on GPUs with tensor cores, notably with mixed precision).
@@ -166,9 +195,13 @@ class SymmetryModule(pl.LightningModule):
         in_channels: int = 1,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
-        lr: float = 3e-3,
-        weight_decay: float = 1e-4,
-        lr_schedule: Literal["onecycle", "constant"] = "onecycle",
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        lr_schedule: Literal["onecycle", "constant"] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["epoch", "step"] | None = None,
+        decay_norms_and_biases: bool = True,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
@@ -181,6 +214,11 @@ class SymmetryModule(pl.LightningModule):
             # ignoring it would drop it from the config that rebuilds the model on loading.
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
+        # The injected callables themselves: the CLI saves their config (class_path and
+        # init_args) as hyperparameters, from which a checkpoint rebuilds them.
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = lr_scheduler
+        self._check_recipe_settings()
         # The task builds the network around the backbone and says what it is scored on.
         self.task = TASKS[task](label_smoothing, dice_weight)
         self.num_outputs = self.task.outputs(num_classes)
@@ -224,6 +262,96 @@ class SymmetryModule(pl.LightningModule):
         # The one-cycle schedule's length as a resumed checkpoint planned it and as this fit does.
         self._schedule_steps: dict[str, int | None] = {}
 
+    def _check_recipe_settings(self) -> None:
+        """A config never holds a setting that does not apply: the default recipe's settings are
+        None when an optimizer or scheduler replaces it."""
+        hparams = self.hparams
+        replaced = [
+            ("optimizer", self._optimizer_factory, ("lr", "weight_decay", "lr_schedule")),
+            ("lr_scheduler", self._scheduler_factory, ("lr_schedule",)),
+        ]
+        for key, factory, settings in replaced:
+            if factory is None:
+                continue
+            name = short_name(describe(factory, hparams.get(key))["class_path"])
+            for setting in settings:
+                if hparams.get(setting) is not None:
+                    where = {"lr": "its init_args.lr", "weight_decay": "its init_args.weight_decay"}
+                    instead = where.get(setting, "model.lr_scheduler (or none: a constant lr)")
+                    raise SymtrainError(
+                        f"model.{setting} {hparams[setting]} does not apply with model.{key} {name}: "
+                        f"set model.{setting} null and give it as {instead}"
+                    )
+        if self._scheduler_factory is None and hparams.get("lr_interval") is not None:
+            raise SymtrainError(
+                f"model.lr_interval {hparams['lr_interval']} applies to model.lr_scheduler, which is not "
+                "given: set model.lr_interval null, or give model.lr_scheduler"
+            )
+
+    def recipe(self, ema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What this module trains with, from its hyperparameters (so before the optimizer
+        exists): ``summary.json``'s and wandb's ``recipe``, and the report's recipe column.
+
+        Args:
+            ema: the settings of the run's ``EMAWeightAveraging`` callback (``decay``, ...), if any.
+
+        Returns:
+            ``optimizer`` and ``lr_scheduler`` (each ``{"class_path", "init_args"}``, or for the
+            schedule ``onecycle`` or ``constant``), ``lr_interval`` (``step``, ``epoch``, or None
+            for a constant rate), ``decay_norms_and_biases``, and ``ema`` when given.
+
+        Examples:
+            >>> from functools import partial
+            >>> module = SymmetryModule(partial(StandardCNN, width=4, depth=1), num_classes=3)
+            >>> recipe = module.recipe()
+            >>> recipe["optimizer"]
+            {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 0.003, 'weight_decay': 0.0001}}
+            >>> recipe["lr_scheduler"], recipe["lr_interval"]
+            ('onecycle', 'step')
+        """
+        hparams = self.hparams
+        if self._optimizer_factory is None:
+            settings = {"lr": self.default_lr, "weight_decay": self.default_weight_decay}
+            optimizer = {"class_path": "torch.optim.AdamW", "init_args": settings}
+        else:
+            optimizer = describe(self._optimizer_factory, hparams.get("optimizer"))
+        if self._scheduler_factory is not None:
+            scheduler: Any = describe(self._scheduler_factory, hparams.get("lr_scheduler"))
+            interval = self.lr_interval
+        elif self._optimizer_factory is None and self.default_lr_schedule == "onecycle":
+            scheduler, interval = "onecycle", "step"
+        else:
+            scheduler, interval = "constant", None
+        recipe = {
+            "optimizer": optimizer,
+            "lr_scheduler": scheduler,
+            "lr_interval": interval,
+            "decay_norms_and_biases": hparams.get("decay_norms_and_biases", True),
+        }
+        return {**recipe, "ema": dict(ema)} if ema is not None else recipe
+
+    @property
+    def default_lr(self) -> float:
+        """The default recipe's AdamW learning rate (``lr``, or 3e-3 when None)."""
+        lr = self.hparams.get("lr")
+        return DEFAULT_LR if lr is None else lr
+
+    @property
+    def default_weight_decay(self) -> float:
+        """The default recipe's AdamW weight decay (``weight_decay``, or 1e-4 when None)."""
+        weight_decay = self.hparams.get("weight_decay")
+        return DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay
+
+    @property
+    def default_lr_schedule(self) -> str:
+        """The default recipe's schedule (``lr_schedule``, or ``onecycle`` when None)."""
+        return self.hparams.get("lr_schedule") or "onecycle"
+
+    @property
+    def lr_interval(self) -> str:
+        """When an injected scheduler steps (``lr_interval``, or ``epoch`` when None)."""
+        return self.hparams.get("lr_interval") or "epoch"
+
     @staticmethod
     def without_stale_state(state: dict[str, Any]) -> dict[str, Any]:
         """``state`` (a checkpoint's ``state_dict``) without entries older versions saved that
@@ -237,9 +365,22 @@ class SymmetryModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before load_state_dict, on resuming and in load_from_checkpoint.
         checkpoint["state_dict"] = self.without_stale_state(checkpoint["state_dict"])
+        if "optimizer_states" in checkpoint and self._trainer is not None and self._trainer.state.fn == "fit":
+            self._check_recipe_continues(checkpoint.get("hyper_parameters") or {})
         planned = [state.get("total_steps") for state in checkpoint.get("lr_schedulers", [])]
         self._schedule_steps["checkpoint"] = planned[0] if planned else None
         self._check_schedule_continues()
+
+    def _check_recipe_continues(self, trained: Mapping[str, Any]) -> None:
+        """A resumed fit must configure the optimizer and scheduler the checkpoint's states belong
+        to: loaded into another one, they fail at its first step or silently train on with the
+        saved settings."""
+        was, now = recipe_outline(trained), recipe_outline(self.hparams)
+        if was != now:
+            raise SymtrainError(
+                f"the checkpoint was trained with {was} but this fit configures {now}: resume with the "
+                "settings the run started with (its config.yaml), or start a new run"
+            )
 
     def _check_schedule_continues(self) -> None:
         """A resumed fit must plan the one-cycle schedule it continues: its length is part of the
@@ -370,15 +511,54 @@ class SymmetryModule(pl.LightningModule):
         return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels, **masks}
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        if self.hparams.lr_schedule == "constant":
+        parameters = parameter_groups(self, self.hparams.get("decay_norms_and_biases", True))
+        if self._optimizer_factory is None:
+            lr = self.default_lr
+            optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=self.default_weight_decay)
+        else:
+            optimizer = self._optimizer_factory(parameters)
+            check_optimizer(optimizer, self._recipe_name("optimizer"))
+        if self._scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": self._injected_scheduler(optimizer)}
+        if self._optimizer_factory is not None or self.default_lr_schedule == "constant":
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
         self._schedule_steps["fit"] = total_steps
         self._check_schedule_continues()
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=total_steps
-        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _recipe_name(self, key: str) -> str:
+        """The injected optimizer's or scheduler's class, as messages name it."""
+        factory = self._optimizer_factory if key == "optimizer" else self._scheduler_factory
+        return short_name(describe(factory, self.hparams.get(key))["class_path"])
+
+    def _injected_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Lightning's scheduler config for ``lr_scheduler``, checked against this fit."""
+        scheduler = self._scheduler_factory(optimizer)
+        trainer = self.trainer
+        check_scheduler(
+            scheduler,
+            self._recipe_name("lr_scheduler"),
+            self.lr_interval,
+            stepping_batches=trainer.estimated_stepping_batches,
+            max_epochs=trainer.max_epochs,
+            validates=trainer.limit_val_batches != 0,
+        )
+        config = {"scheduler": scheduler, "interval": self.lr_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = PLATEAU_MONITOR
+        return config
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        if not isinstance(scheduler, UpdateCountScheduler):
+            super().lr_scheduler_step(scheduler, metric)
+            return
+        # timm's schedulers are told how far training is, as timm's train.py tells them: the
+        # epochs done when an epoch ends (Lightning calls this before counting it), the
+        # optimizer updates done after a step (global_step already counts this one).
+        extra = {} if metric is None else {"metric": metric}
+        if self.lr_interval == "step":
+            scheduler.step_update(num_updates=self.global_step, **extra)
+        else:
+            scheduler.step(epoch=self.current_epoch + 1, **extra)

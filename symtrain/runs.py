@@ -368,11 +368,20 @@ def load_model(
         net = symtrain.load_model("runs/standardcnn-nosymmetry-shapes-s0-20260101-120000")
         logits = net(images)  # images: floats in [0, 1]
     """
+    net = load_module(path, map_location).net.eval()
+    return net.export() if export else net
+
+
+def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The trained :class:`~symtrain.module.SymmetryModule` of a checkpoint or a run directory
+    (its best checkpoint): the network with its task and recipe (what ``measure`` reads).
+
+    Raises:
+        SymtrainError: for a missing or unreadable checkpoint, in one line naming it.
+    """
     from symtrain.checkpoints import read_checkpoint
     from symtrain.module import SymmetryModule
 
     checkpoint = find_checkpoint(path)
     read_checkpoint(checkpoint)  # a bad file ends in one line naming it, not deep in Lightning
-    module = SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)
-    net = module.net.eval()
-    return net.export() if export else net
+    return SymmetryModule.load_from_checkpoint(checkpoint, map_location=map_location, weights_only=True)

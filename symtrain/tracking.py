@@ -27,10 +27,16 @@ class FlatKeysWandbLogger(WandbLogger):
 
 
 def run_loggers(
-    run_dir: Path, options: RunOptions, identity: RunIdentity, params: int, data: dict[str, Any]
+    run_dir: Path,
+    options: RunOptions,
+    identity: RunIdentity,
+    params: int,
+    data: dict[str, Any],
+    recipe: dict[str, Any] | None = None,
 ) -> list[Logger]:
     """The run's loggers: CSV in the run directory, and wandb (offline unless logged in) with
-    the flat keys dashboards group runs by."""
+    the flat keys dashboards group runs by, and the training ``recipe`` (``SymmetryModule.recipe``)
+    when the run trains."""
     # CSV first: Lightning takes the first logger's directory as trainer.log_dir, where
     # the config is saved, so config.yaml lands in the run directory.
     loggers: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="")]
@@ -52,6 +58,7 @@ def run_loggers(
                     "params": params,
                     "run_dir": str(run_dir),
                     "data": data,
+                    **({"recipe": recipe} if recipe is not None else {}),
                 },
                 mode=wandb_mode(str(run_dir.parent)),
                 settings=wandb.Settings(silent=options.quiet, console="off"),

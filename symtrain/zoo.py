@@ -63,6 +63,7 @@ class Measurable:
         weights: where its weights came from (a file, a tag, ``random``).
         loss: the loss of a batch (logits, targets) -> scalar that ``test/loss`` reports: the
             run's own task loss for a symtrain run (label smoothing, Dice), else cross-entropy.
+        recipe: how it was trained, where that is known (a symtrain run's ``recipe``).
     """
 
     net: nn.Module
@@ -73,6 +74,7 @@ class Measurable:
     identity: dict[str, str] = field(default_factory=dict)
     weights: str = "random"
     loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    recipe: dict[str, Any] | None = None
 
     @property
     def params(self) -> int:
@@ -129,16 +131,12 @@ class SymtrainRun(ModelSource):
         self.path, self.export = path, export
 
     def load(self) -> Measurable:
-        from symtrain.checkpoints import read_checkpoint
-        from symtrain.runs import find_checkpoint, load_model, run_of_checkpoint
-        from symtrain.tasks import TASKS
+        from symtrain.runs import find_checkpoint, load_module, run_of_checkpoint
 
         checkpoint = find_checkpoint(self.path)
-        hparams = read_checkpoint(checkpoint).get("hyper_parameters", {})
-        net = load_model(checkpoint, export=self.export)
-        task = TASKS[hparams.get("task", "classification")](
-            hparams.get("label_smoothing", 0.0), hparams.get("dice_weight", 0.0)
-        )
+        module = load_module(checkpoint)
+        net = module.net.eval()
+        net = net.export() if self.export else net
         run_dir = run_of_checkpoint(checkpoint)
         summary, data = {}, {}
         if run_dir is not None and (run_dir / "summary.json").is_file():
@@ -162,7 +160,9 @@ class SymtrainRun(ModelSource):
                 "dataset": data.get("name", ""),
             },
             weights=str(checkpoint),
-            loss=task.loss,
+            loss=module.task.loss,
+            # the run's record (an EMA's settings included), else what its hyperparameters say
+            recipe=summary.get("recipe") or module.recipe(),
         )
 
 

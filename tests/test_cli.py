@@ -49,9 +49,10 @@ def only_run_dir(root: Path) -> Path:
 
 
 def all_configs() -> list[Path]:
-    # compare/ holds studies (matrices of these configs), checked in test_compare.py; measure/
-    # holds measure configs, checked in test_measure.py.
-    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("compare", "measure"))
+    # compare/ and papers/ hold studies (matrices of these configs), checked in test_compare.py
+    # and test_papers.py; measure/ holds measure configs, checked in test_measure.py.
+    studies = ("compare", "papers", "measure")
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in studies)
 
 
 @pytest.mark.parametrize("config", all_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -69,7 +70,18 @@ def test_every_config_parses_on_top_of_the_quickstart(
             assert printed[section]["class_path"].endswith("." + values["class_path"])
         elif section == "trainer":
             for key, value in values.items():
-                assert printed["trainer"][key] == value
+                if key.endswith("+"):  # appended to a list: its entries end the printed one
+                    appended = printed["trainer"][key[:-1]][-len(value) :]
+                    assert [c["class_path"] for c in appended] == [c["class_path"] for c in value]
+                else:
+                    assert printed["trainer"][key] == value
+        elif section == "model":  # plain settings and injected classes (configs/optim/)
+            for key, value in values.items():
+                if isinstance(value, dict) and "class_path" in value:
+                    path = printed["model"][key]["class_path"]
+                    assert path == value["class_path"] or path.endswith("." + value["class_path"])
+                elif not isinstance(value, dict):
+                    assert printed["model"][key] == value
 
 
 # (stacked configs, expected exit code, text the one-line error must contain)
@@ -223,6 +235,7 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         "base_pipeline": "none",
     }
     assert record["config"]["data"]["init_args"]["train_transform"] == "none"
+    assert record["config"]["recipe"] == summary["recipe"]  # AdamW + one-cycle, recorded alike
     assert record["summary"]["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])
     assert record["summary"]["test/equiv/rot90/invariance_error"] == pytest.approx(
         summary["metrics"]["test/equiv/rot90/invariance_error"]

@@ -561,3 +561,11 @@ def test_a_folder_of_real_photos_streams_to_the_same_numbers_it_gives_in_memory(
         summaries["memory"]["data"]["image_size"] == 29
         and "test/lie/rotation" in summaries["memory"]["metrics"]
     )
+
+
+@pytest.mark.parametrize("config", sorted((CONFIGS / "measure").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_measure_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["measure", "--config", str(config), *SHAPES, "--print_config"], capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["model"]["class_path"].startswith("symtrain.zoo.") and printed["data"]["class_path"]

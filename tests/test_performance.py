@@ -425,10 +425,11 @@ def test_compile_option_trains_through_torch_compile() -> None:
 
 def check_fit_sections(figures: dict[str, Any], stdout: str) -> None:
     assert 0 < figures["framework_overhead_ratio"] < 100 and 0 < figures["metrics_epoch_share"] < 100
+    assert 0 < figures["sgd_framework_overhead_ratio"] < 100 and 0 < figures["measure_over_callback"] < 100
     costs = figures["measure_epoch_share"]  # every measure has its row, the opt-in ones too
     assert {"lie (test)", "diffeo (test)", "jaggedness (test)", "lie_layers (test, opt-in)"} <= set(costs)
     assert len(figures["scaling"]) == 3 and all(row["epoch_s"] > 0 for row in figures["scaling"])
-    assert "| framework overhead" in stdout and "| train images |" in stdout
+    assert "| framework overhead, SGD + MultiStepLR recipe" in stdout and "| train images |" in stdout
 
 
 def check_step_sections(figures: dict[str, Any], stdout: str) -> None:

@@ -83,11 +83,33 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
+CONFIGS = ROOT / "configs"
+# Every kind of schedule resumes exactly: the default one-cycle (per step), torch's MultiStepLR per
+# epoch with a milestone at the epoch the kill interrupts, timm's cosine per step with its warm-up
+# spanning the kill, and EMA weight averaging (whose average must be restored, not restarted).
+RECIPES = {
+    "default": ["--config", str(CONFIGS / "symmetry" / "augment_rotation.yaml")],
+    "sgd_multistep": [
+        "--config",
+        str(CONFIGS / "optim" / "sgd_multistep.yaml"),
+        "--model.lr_scheduler.init_args.milestones=[1, 2]",
+    ],
+    "timm_cosine": [
+        "--config",
+        str(CONFIGS / "optim" / "timm_cosine.yaml"),
+        "--model.lr_scheduler.init_args.t_initial=24",
+        "--model.lr_scheduler.init_args.warmup_t=10",
+    ],
+    "ema": ["--config", str(CONFIGS / "trainer" / "ema.yaml")],
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(RECIPES))
 def test_a_killed_fit_resumes_with_ckpt_path_last_to_the_same_result(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    augment = ["--config", str(ROOT / "configs" / "symmetry" / "augment_rotation.yaml")]
+    augment = RECIPES[recipe]
     killed = run_subprocess(fit_args(tmp_path / "runs", *augment, callback("SignalAt", step=12)), tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (run_dir,) = run_dirs(tmp_path / "runs")

@@ -61,6 +61,19 @@ class Approach:
         ``pad_crop``, ``resized_crop``, ``+flip``); runs from before it was recorded had none."""
         return " / ".join(dict.fromkeys(run.summary.get("base_pipeline", "none") for run in self.runs))
 
+    @property
+    def recipe(self) -> str:
+        """The runs' optimizer, schedule and weight averaging in short (``AdamW 3e-3, onecycle``,
+        ``SGD 0.1 m0.9, MultiStepLR@epoch +EMA 0.9998``); runs from before it was recorded
+        trained with AdamW and one-cycle, and a model measured, not trained here, has none."""
+        texts = [
+            recipe_text(run.summary.get("recipe"))
+            if "recipe" in run.summary or "measured" not in run.summary
+            else "not recorded"
+            for run in self.runs
+        ]
+        return " / ".join(dict.fromkeys(texts))
+
     def values(self, key: str) -> list[float]:
         """The finite values of a metric (or a top-level summary number such as ``params``), one
         per run that has it."""
@@ -86,6 +99,49 @@ class Approach:
         found = [run.summary.get("measured") for run in self.runs]
         named = [" ".join(str(m[k]) for k in ("source", "model") if m.get(k)) for m in found if m]
         return ", ".join(dict.fromkeys(n for n in named if n)) or None
+
+
+def _number(value: Any) -> str:
+    """A learning rate or decay, short: ``0.1``, ``3e-3``, ``2.5e-4``, ``0.9998``."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if value == 0 or abs(value) >= 0.01:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def recipe_text(recipe: dict[str, Any] | None) -> str:
+    """A run's ``recipe`` (``summary.json``) in a few words: optimizer, its learning rate and
+    momentum, schedule and when it steps, and EMA.
+
+    Examples:
+        >>> recipe_text(None)  # a run from before recipes were recorded: the only one then
+        'AdamW, onecycle'
+        >>> adamw = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "weight_decay": 1e-4}}
+        >>> recipe_text({"optimizer": adamw, "lr_scheduler": "onecycle", "lr_interval": "step"})
+        'AdamW 3e-3, onecycle'
+        >>> sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}}
+        >>> steps = {"class_path": "torch.optim.lr_scheduler.MultiStepLR", "init_args": {"milestones": [30]}}
+        >>> ema = {"decay": 0.9998}
+        >>> recipe_text({"optimizer": sgd, "lr_scheduler": steps, "lr_interval": "epoch", "ema": ema})
+        'SGD 0.1 m0.9, MultiStepLR@epoch +EMA 0.9998'
+    """
+    if not recipe:
+        return "AdamW, onecycle"
+    optimizer = recipe.get("optimizer") or {}
+    settings = optimizer.get("init_args") or {}
+    words = [str(optimizer.get("class_path", "?")).rpartition(".")[2]]
+    if "lr" in settings:
+        words.append(_number(settings["lr"]))
+    if settings.get("momentum"):
+        words.append(f"m{_number(settings['momentum'])}")
+    scheduler = recipe.get("lr_scheduler")
+    if isinstance(scheduler, dict):
+        scheduler = str(scheduler.get("class_path", "?")).rpartition(".")[2] + f"@{recipe.get('lr_interval')}"
+    text = f"{' '.join(words)}, {scheduler}"
+    ema = recipe.get("ema")
+    return f"{text} +EMA {_number(ema.get('decay'))}" if ema else text
 
 
 @dataclass

@@ -101,14 +101,16 @@ def tables(
     names = [[a.name, str(len(a.runs))] for a in approaches]
     accuracy = (
         f"Test {task.score_label} (%), upright and under each family; the base training pipeline "
-        "(crops, and flips when not left to a strategy), parameters and training time",
-        [*first, "upright", *families, "base pipeline", "params", "fit (s)"],
+        "(crops, and flips when not left to a strategy), the training recipe (optimizer, learning "
+        "rate, schedule, weight averaging), parameters and training time",
+        [*first, "upright", *families, "base pipeline", "recipe", "params", "fit (s)"],
         [
             [
                 *n,
                 _upright(a, task),
                 *(_cell(a, f"test/equiv/{f}/{task.score}", 100) for f in families),
                 a.base_pipeline,
+                a.recipe,
                 f"{int(a.values('params')[0]):,}" if a.values("params") else "",
                 _cell(a, "fit_seconds", digits=0) or "n/a",
             ]
