@@ -235,7 +235,31 @@ def read_runs(run_dirs: Sequence[str | os.PathLike]) -> Runs:
             + (f"{len(failed)} failed, {first}; " if failed else "")
             + "train them first"
         )
-    return Runs(list(approaches.values()), unfinished, failed)
+    return Runs(split_by_recipe(list(approaches.values())), unfinished, failed)
+
+
+def split_by_recipe(approaches: list[Approach]) -> list[Approach]:
+    """Approaches whose runs trained with different recipes (runs of one backbone and strategy
+    trained alone, with SGD and with AdamW) are not one approach with several seeds: each
+    recipe becomes an approach of its own, named ``approach (recipe)``.
+
+    Examples:
+        >>> sgd = {"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}},
+        ...        "lr_scheduler": "constant"}
+        >>> runs = [Run(Path("a"), {"approach": "cnn", "recipe": sgd}), Run(Path("b"), {"approach": "cnn"})]
+        >>> [a.name for a in split_by_recipe([Approach("cnn", runs)])]
+        ['cnn (SGD 0.1, constant)', 'cnn (AdamW, onecycle)']
+    """
+    split = []
+    for approach in approaches:
+        by_recipe: dict[str, list[Run]] = {}
+        for run in approach.runs:
+            by_recipe.setdefault(Approach(approach.name, [run]).recipe, []).append(run)
+        if len(by_recipe) == 1:
+            split.append(approach)
+            continue
+        split += [Approach(f"{approach.name} ({recipe})", runs) for recipe, runs in by_recipe.items()]
+    return split
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
