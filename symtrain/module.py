@@ -24,8 +24,6 @@ from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
 from symtrain.errors import SymtrainError
 from symtrain.recipes import (
-    DEFAULT_LR,
-    DEFAULT_WEIGHT_DECAY,
     PLATEAU_MONITOR,
     LRSchedulerCallable,
     OptimizerCallable,
@@ -34,6 +32,7 @@ from symtrain.recipes import (
     check_scheduler,
     describe,
     parameter_groups,
+    recipe_of,
     recipe_outline,
     short_name,
 )
@@ -309,43 +308,8 @@ class SymmetryModule(pl.LightningModule):
             >>> recipe["lr_scheduler"], recipe["lr_interval"]
             ('onecycle', 'step')
         """
-        hparams = self.hparams
-        if self._optimizer_factory is None:
-            settings = {"lr": self.default_lr, "weight_decay": self.default_weight_decay}
-            optimizer = {"class_path": "torch.optim.AdamW", "init_args": settings}
-        else:
-            optimizer = describe(self._optimizer_factory, hparams.get("optimizer"))
-        if self._scheduler_factory is not None:
-            scheduler: Any = describe(self._scheduler_factory, hparams.get("lr_scheduler"))
-            interval = self.lr_interval
-        elif self._optimizer_factory is None and self.default_lr_schedule == "onecycle":
-            scheduler, interval = "onecycle", "step"
-        else:
-            scheduler, interval = "constant", None
-        recipe = {
-            "optimizer": optimizer,
-            "lr_scheduler": scheduler,
-            "lr_interval": interval,
-            "decay_norms_and_biases": hparams.get("decay_norms_and_biases", True),
-        }
+        recipe = recipe_of(self.hparams, self._optimizer_factory, self._scheduler_factory)
         return {**recipe, "ema": dict(ema)} if ema is not None else recipe
-
-    @property
-    def default_lr(self) -> float:
-        """The default recipe's AdamW learning rate (``lr``, or 3e-3 when None)."""
-        lr = self.hparams.get("lr")
-        return DEFAULT_LR if lr is None else lr
-
-    @property
-    def default_weight_decay(self) -> float:
-        """The default recipe's AdamW weight decay (``weight_decay``, or 1e-4 when None)."""
-        weight_decay = self.hparams.get("weight_decay")
-        return DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay
-
-    @property
-    def default_lr_schedule(self) -> str:
-        """The default recipe's schedule (``lr_schedule``, or ``onecycle`` when None)."""
-        return self.hparams.get("lr_schedule") or "onecycle"
 
     @property
     def lr_interval(self) -> str:
@@ -511,21 +475,24 @@ class SymmetryModule(pl.LightningModule):
         return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels, **masks}
 
     def configure_optimizers(self) -> Any:
-        parameters = parameter_groups(self, self.hparams.get("decay_norms_and_biases", True))
+        recipe = self.recipe()
+        parameters = parameter_groups(self, recipe["decay_norms_and_biases"])
         if self._optimizer_factory is None:
-            lr = self.default_lr
-            optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=self.default_weight_decay)
+            settings = recipe["optimizer"]["init_args"]  # lr and weight_decay, defaults filled in
+            optimizer = torch.optim.AdamW(parameters, **settings)
         else:
             optimizer = self._optimizer_factory(parameters)
             check_optimizer(optimizer, self._recipe_name("optimizer"))
         if self._scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self._injected_scheduler(optimizer)}
-        if self._optimizer_factory is not None or self.default_lr_schedule == "constant":
+        if recipe["lr_scheduler"] == "constant":
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
         self._schedule_steps["fit"] = total_steps
         self._check_schedule_continues()
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings["lr"], total_steps=total_steps
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _recipe_name(self, key: str) -> str:

@@ -147,6 +147,49 @@ def short_name(class_path: str) -> str:
     return class_path.rpartition(".")[2]
 
 
+def recipe_of(
+    hparams: Mapping[str, Any],
+    optimizer: Callable[..., Any] | None = None,
+    lr_scheduler: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """The recipe a module's hyperparameters choose: ``optimizer`` and ``lr_scheduler`` (each
+    ``{"class_path", "init_args"}``, or for the default's schedule ``onecycle`` or ``constant``),
+    ``lr_interval`` and ``decay_norms_and_biases``. ``optimizer`` and ``lr_scheduler`` are the
+    injected callables where the module has them (else the hyperparameters' own entries).
+
+    Examples:
+        >>> recipe_of({"lr": None, "lr_schedule": None})["optimizer"]
+        {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 0.003, 'weight_decay': 0.0001}}
+        >>> recipe_of({"optimizer": {"class_path": "torch.optim.SGD"}})["lr_scheduler"]
+        'constant'
+    """
+    optimizer = optimizer if optimizer is not None else hparams.get("optimizer")
+    lr_scheduler = lr_scheduler if lr_scheduler is not None else hparams.get("lr_scheduler")
+    if optimizer is None:
+        lr, weight_decay = hparams.get("lr"), hparams.get("weight_decay")
+        settings = {
+            "lr": DEFAULT_LR if lr is None else lr,
+            "weight_decay": DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay,
+        }
+        described: dict[str, Any] = {"class_path": "torch.optim.AdamW", "init_args": settings}
+    else:
+        described = describe(optimizer, hparams.get("optimizer"))
+    schedule: Any
+    if lr_scheduler is not None:
+        schedule, interval = describe(lr_scheduler, hparams.get("lr_scheduler")), hparams.get("lr_interval")
+        interval = interval or "epoch"
+    elif optimizer is None and (hparams.get("lr_schedule") or "onecycle") == "onecycle":
+        schedule, interval = "onecycle", "step"
+    else:
+        schedule, interval = "constant", None
+    return {
+        "optimizer": described,
+        "lr_scheduler": schedule,
+        "lr_interval": interval,
+        "decay_norms_and_biases": hparams.get("decay_norms_and_biases", True),
+    }
+
+
 def recipe_outline(hparams: Mapping[str, Any]) -> str:
     """The optimizer and schedule that a module's hyperparameters choose, in words (what a resumed
     fit must keep).
@@ -157,15 +200,10 @@ def recipe_outline(hparams: Mapping[str, Any]) -> str:
         >>> recipe_outline({"optimizer": {"class_path": "torch.optim.SGD"}})
         'SGD + constant'
     """
-    optimizer, scheduler = hparams.get("optimizer"), hparams.get("lr_scheduler")
-    optimizer_name = short_name(describe(optimizer, optimizer)["class_path"]) if optimizer else "AdamW"
-    if scheduler:
-        schedule = short_name(describe(scheduler, scheduler)["class_path"])
-    elif optimizer is None:
-        schedule = hparams.get("lr_schedule") or "onecycle"
-    else:
-        schedule = "constant"
-    return f"{optimizer_name} + {schedule}"
+    recipe = recipe_of(hparams)
+    schedule = recipe["lr_scheduler"]
+    schedule = schedule if isinstance(schedule, str) else short_name(schedule["class_path"])
+    return f"{short_name(recipe['optimizer']['class_path'])} + {schedule}"
 
 
 def check_optimizer(optimizer: Any, name: str) -> None:
