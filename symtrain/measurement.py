@@ -16,7 +16,6 @@ trained ones::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -31,7 +30,8 @@ from torch.utils.data import DataLoader
 from symtrain.clock import seconds_since_start
 from symtrain.compare import model_label
 from symtrain.errors import SymtrainError
-from symtrain.runs import RunIdentity, RunOptions, create_run_dir, remove_run, to_jsonable, write_atomically
+from symtrain.metrics.base import Measure
+from symtrain.runs import RunIdentity, RunOptions, create_run_dir, remove_run, to_jsonable, write_summary
 from symtrain.zoo import Measurable, ModelSource
 
 # The data module's evaluation settings that a model's own data config (its Preprocessing) fills
@@ -117,7 +117,7 @@ class MeasureCommand:
         if task == "segmentation" and data.has_masks:
             data.with_masks = True
         mapping, accuracy = self._mapping(model, data, task, outputs)
-        keys = self._keys(model, task, mapping is not None, size)  # refused before anything is written
+        chosen = self._chosen(model, task, mapping is not None, size)  # refused before anything is written
         identity = RunIdentity(
             backbone=model.identity.get("backbone", model.name),
             strategy=model.identity.get("strategy", model.source),
@@ -130,12 +130,14 @@ class MeasureCommand:
         name = self.options.name or f"{model_label(model.name)}-{data.name}-measure-{stamp}"
         run_dir = create_run_dir(self.config.root, name)
         try:
-            return self._measure_into(run_dir, model, data, task, outputs, mapping, accuracy, identity, keys)
+            return self._measure_into(
+                run_dir, model, data, task, outputs, mapping, accuracy, identity, chosen
+            )
         except BaseException:
             remove_run(run_dir)  # nothing half-written is left to look like a measured model
             raise
 
-    def _keys(self, model: Measurable, task: str, labelled: bool, size: int) -> list[str]:
+    def _chosen(self, model: Measurable, task: str, labelled: bool, size: int) -> list[Measure]:
         """The measures to run. Without labels that map, the scores are left out (a line says
         why); a measure that needs what the model lacks (stages) is left out of the defaults,
         and refused when named, as is a family the images cannot carry.
@@ -155,9 +157,8 @@ class MeasureCommand:
             for m in callback.chosen(task)
             if (labelled or "labels" not in m.needs) and (named or m.needs <= have)
         ]
-        choose(task, keys, callback.settings, "test", labelled, "stages" in have)
         check_families(callback.families, size, size)
-        return keys
+        return choose(task, keys, callback.settings, "test", labelled, "stages" in have)
 
     def _data(self, model: Measurable) -> Any:
         """The data module, its evaluation preprocessing filled from the model's data config
@@ -252,9 +253,9 @@ class MeasureCommand:
         mapping: Tensor | None,
         accuracy: dict,
         identity: RunIdentity,
-        keys: list[str],
+        chosen: list[Measure],
     ) -> Path:
-        from symtrain.metrics.measuring import choose, curve_points, measure
+        from symtrain.metrics.measuring import curve_points, measure
         from symtrain.tracking import finish_tracking, run_loggers
 
         if mapping is None:
@@ -271,7 +272,7 @@ class MeasureCommand:
             model.net,
             self._loader(split, mapping, task, data, count),
             callback.families,
-            keys,
+            [m.key for m in chosen],
             settings=callback.settings,
             stage="test",
             device=self.device,
@@ -282,7 +283,6 @@ class MeasureCommand:
             clock = time.perf_counter()
             values.update(self._score(model, self._loader(split, mapping, task, data, None), task, outputs))
             seconds["test"] = time.perf_counter() - clock
-        chosen = choose(task, keys, callback.settings, "test", mapping is not None, True)
         curves = {}
         for curve in (m for m in chosen if m.key == "curve"):
             curves.update(
@@ -328,7 +328,7 @@ class MeasureCommand:
         }
         # config.yaml after the CSV logger's first write (it warns of a directory not empty).
         self.parser.save(self.config, run_dir / "config.yaml", skip_none=False, overwrite=True)
-        write_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, summary)
         finish_tracking()
         if not self.options.quiet:
             print(f"measured {model.name} on {count} images of {data.name}: {run_dir}")
@@ -340,17 +340,13 @@ class MeasureCommand:
         (the loss a mean over images of each batch's loss, batches of the data's batch size)."""
         from torchmetrics import MeanMetric
 
+        from symtrain.metrics.measuring import autocast, on_device
         from symtrain.tasks import TASKS
 
         scores = {name: metric.to(self.device) for name, metric in TASKS[task]().scores(outputs).items()}
         loss = MeanMetric(nan_strategy="disable").to(self.device)
-        autocast = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
-        )
-        with torch.inference_mode(), autocast:
-            for images, targets in loader:
-                images = images.to(self.device).float().div_(255)
-                targets = targets.to(self.device).long()
+        with torch.inference_mode(), autocast(self.device, self.config.precision):
+            for images, targets in on_device(loader, self.device):
                 logits = model.net(images).float()
                 loss.update(model.loss(logits, targets).expand(len(targets)))
                 for metric in scores.values():

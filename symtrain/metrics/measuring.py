@@ -154,7 +154,7 @@ def _measure_batches(
             batch = Batch(
                 measured, images, targets, task == "segmentation", outputs, where, subset_size, settings.seed
             )
-            with _autocast(images.device, precision):
+            with autocast(images.device, precision):
                 for measure in chosen:
                     if not measure.per_family:
                         measure.update(batch, None, record, stage)
@@ -190,14 +190,12 @@ def choose(
     for cls in measures_for(task, None if keys is None else list(keys)):
         missing = sorted(cls.needs - have)
         if missing and keys is not None and strict:
-            needing = {
-                need: ", ".join(sorted({c.key for c in measures_for(task, None) + [cls] if need in c.needs}))
-                for need in missing
-            }
+            need = missing[0]
+            needing = sorted({c.key for c in [*measures_for(task, None), cls] if need in c.needs})
             raise SymtrainError(
-                f"measure {cls.key!r} needs {NEEDS[missing[0]]}, which "
-                + ("this data does not give" if missing[0] == "labels" else "this model does not declare")
-                + f": leave it out of metrics.measures (measures needing {missing[0]}: {needing[missing[0]]})"
+                f"measure {cls.key!r} needs {NEEDS[need]}, which "
+                + ("this data does not give" if need == "labels" else "this model does not declare")
+                + f": leave it out of metrics.measures (measures needing {need}: {', '.join(needing)})"
             )
         if not missing and stage in cls.stages:
             chosen.append(cls(settings))
@@ -247,7 +245,8 @@ def check_families(families: list[TransformFamily], height: int, width: int) -> 
             )
 
 
-def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``bf16``, nothing for ``32``."""
     if precision == "32":
         return contextlib.nullcontext()
     if precision != "bf16":
@@ -286,7 +285,7 @@ def _batches(
             (data[start : start + size], None if targets is None else targets[start : start + size])
             for start in range(0, len(data), size)
         )
-        return _on_device(parts, device), len(data)
+        return on_device(parts, device), len(data)
     if isinstance(data, DataLoader):
         try:
             count = len(data.dataset)
@@ -300,7 +299,7 @@ def _batches(
             for b in data
             if b is not None  # every image of the batch unreadable, and skipped
         )
-        return _on_device(parts, device), count
+        return on_device(parts, device), count
     raise SymtrainError(
         f"cannot measure on {type(data).__name__}: pass a tensor of images, (images, targets), a DataLoader "
         "or a symtrain data module"
@@ -311,9 +310,10 @@ def _first(batch: Any) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _on_device(
+def on_device(
     batches: Iterable[tuple[Tensor, Tensor | None]], device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(images, targets) batches on ``device``: uint8 images as floats in [0, 1], targets as int64."""
     for images, targets in batches:
         floats = images.to(device, non_blocking=True)
         floats = floats.float().div_(255) if floats.dtype == torch.uint8 else floats.float()
