@@ -1,5 +1,5 @@
-"""The README's shapes table: each shipped backbone config trained upright with the quickstart,
-tested on shapes turned by multiples of 90 degrees and by any angle, with the run's own
+"""The shapes table of docs/guides/routes.md: each shipped backbone config trained upright
+with the quickstart, tested on shapes turned by multiples of 90 degrees and by any angle, with the run's own
 invariance measures beside.
 
     python scripts/shapes_table.py                       # every backbone config, runs/shapes_table/

@@ -100,7 +100,7 @@ class SymtrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand is None:
             return super().instantiate_trainer(**kwargs)
-        self._check_model_fits_data()
+        check_model_fits_data(self.model, self.datamodule)
         trainer_config = self._get(self.config_init, "trainer", default={})
         options = self.run_options
         identity = self.run_identity
@@ -170,36 +170,6 @@ class SymtrainCLI(LightningCLI):
             task=self.model.hparams.task,
             approach=self.run_options.approach,
         )
-
-    def _check_model_fits_data(self) -> None:
-        """Only here do model and data meet: a backbone's exact claims may depend on the image
-        size, its total stride must fit in the images, and segmentation needs masks."""
-        backbone, size = self.model.net.backbone, self.datamodule.image_size
-        stride, channels = backbone.total_stride, self.datamodule.in_channels
-        if not backbone.runs_at(size, channels):
-            # The next multiple of the total stride that runs (a layer's padding may need a
-            # larger map than one cell; some layers need sides that divide evenly).
-            multiples = range(max(stride, size + -size % stride), 4 * max(size, stride) + 1, stride)
-            fit = next((side for side in multiples if backbone.runs_at(side, channels)), None)
-            fix = f"pass e.g. --data.image_size {fit}" if fit else "choose a shallower backbone"
-            if size < stride:
-                raise SymtrainError(
-                    f"data.image_size {size} is too small for {backbone.name} (total stride "
-                    f"{stride}): its coarsest feature map would be empty; {fix}"
-                )
-            raise SymtrainError(
-                f"{backbone.name} cannot run on {size}x{size} images (a layer's map is smaller than "
-                f"its padding or kernel, or two maps added differ in size): {fix}"
-            )
-        self.model.symmetry.check(backbone, size, dense=self.model.segmentation)
-        if self.model.segmentation:
-            if not self.datamodule.has_masks:
-                raise SymtrainError(
-                    f"{type(self.datamodule).__name__} has no masks to segment: use SyntheticShapes "
-                    "or ImageFolder with --data.init_args.masks_root DIR, "
-                    "or drop configs/task/segmentation.yaml"
-                )
-            self.datamodule.with_masks = True
 
     def _run_callbacks(self, identity: RunIdentity, recipe: dict[str, Any]) -> list[Callback]:
         """What every run has: its checkpoints, recovery, timings and artefacts."""
@@ -279,6 +249,48 @@ class SymtrainCLI(LightningCLI):
                 ckpt_path=best or None,
                 verbose=not self.run_options.quiet,
             )
+
+
+def check_model_fits_data(model: SymmetryModule, datamodule: ImageDataModule) -> None:
+    """Raise a one-line error where ``model`` cannot train on ``datamodule``.
+
+    Only here do model and data meet: a backbone's exact claims may depend on the image size,
+    its total stride must fit in the images, and segmentation needs masks (which this switches on).
+
+    Args:
+        model: The module to train, test or predict with.
+        datamodule: The data it will see.
+
+    Raises:
+        SymtrainError: The images are too small for the backbone, the symmetry strategy does not
+            fit it, or segmentation is asked of data without masks.
+    """
+    backbone, size = model.net.backbone, datamodule.image_size
+    stride, channels = backbone.total_stride, datamodule.in_channels
+    if not backbone.runs_at(size, channels):
+        # The next multiple of the total stride that runs (a layer's padding may need a
+        # larger map than one cell; some layers need sides that divide evenly).
+        multiples = range(max(stride, size + -size % stride), 4 * max(size, stride) + 1, stride)
+        fit = next((side for side in multiples if backbone.runs_at(side, channels)), None)
+        fix = f"pass e.g. --data.image_size {fit}" if fit else "choose a shallower backbone"
+        if size < stride:
+            raise SymtrainError(
+                f"data.image_size {size} is too small for {backbone.name} (total stride "
+                f"{stride}): its coarsest feature map would be empty; {fix}"
+            )
+        raise SymtrainError(
+            f"{backbone.name} cannot run on {size}x{size} images (a layer's map is smaller than "
+            f"its padding or kernel, or two maps added differ in size): {fix}"
+        )
+    model.symmetry.check(backbone, size, dense=model.segmentation)
+    if model.segmentation:
+        if not datamodule.has_masks:
+            raise SymtrainError(
+                f"{type(datamodule).__name__} has no masks to segment: use SyntheticShapes "
+                "or ImageFolder with --data.init_args.masks_root DIR, "
+                "or drop configs/task/segmentation.yaml"
+            )
+        datamodule.with_masks = True
 
 
 def _as_list(callbacks: Any) -> list[Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from typing import Any
 
 
 class SymtrainError(Exception):
@@ -123,3 +124,16 @@ def error_line(mistake: BaseException) -> str:
     if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
         return lines[-1].partition(": ")[2] or lines[-1]
     return lines[0]
+
+
+def parse_arguments(parser: Any, args: list[str], as_dict: bool = True) -> Any:
+    """``args`` parsed by ``parser`` (a jsonargparse ``ArgumentParser`` made with
+    ``exit_on_error=False``), as a dict or the parser's namespace; a parser error becomes a
+    one-line :class:`SymtrainError`."""
+    from jsonargparse import ArgumentError
+
+    try:
+        parsed = parser.parse_args(args)
+    except ArgumentError as error:
+        raise SymtrainError(one_line_error(str(error))) from None
+    return parsed.as_dict() if as_dict else parsed

@@ -28,10 +28,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from symtrain.clock import seconds_since_start
-from symtrain.compare import model_label
-from symtrain.errors import SymtrainError
+from symtrain.errors import SymtrainError, parse_arguments
 from symtrain.metrics.base import Measure
 from symtrain.runs import RunIdentity, RunOptions, create_run_dir, remove_run, to_jsonable, write_summary
+from symtrain.study import model_label
 from symtrain.zoo import Measurable, ModelSource
 
 # The data module's evaluation settings that a model's own data config (its Preprocessing) fills
@@ -70,10 +70,8 @@ def measure_parser() -> ArgumentParser:
 
 def measure_main(args: list[str]) -> None:
     """Parse ``measure``'s arguments, measure, and write the run directory."""
-    from symtrain.compare import _parse
-
     parser = measure_parser()
-    config = _parse(parser, args, as_dict=False)
+    config = parse_arguments(parser, args, as_dict=False)
     MeasureCommand(parser, config).run()
 
 
@@ -97,6 +95,49 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def label_mapping(
+    model: Measurable, data: Any, task: str, outputs: int, labels: str
+) -> tuple[Tensor | None, dict]:
+    """The model's output index of each data class (None: no score), and how it was found or
+    why it is absent (``summary.json``'s ``measured``); ``labels`` is ``measure``'s ``--labels``
+    (``none``: no score)."""
+    names = [str(n) for n in getattr(data, "class_names", [])]
+    if labels == "none":
+        return None, {"accuracy": None, "accuracy_absent": "labels: none"}
+    if task == "segmentation":
+        if not data.has_masks:
+            return None, {
+                "accuracy": None,
+                "accuracy_absent": f"{data.name} has no masks to score against",
+            }
+        if outputs != len(names) + 1:
+            reason = (
+                f"the model has {outputs} per-pixel outputs and the data {len(names)} classes "
+                "and the background"
+            )
+            return None, {"accuracy": None, "accuracy_absent": reason}
+        return torch.arange(len(names)), {"accuracy": "by class index (background 0)"}
+    if model.labels is not None:
+        index = {label: i for i, label in enumerate(model.labels)}
+        missing = [n for n in names if n not in index]
+        if not missing:
+            how = "by ImageNet synset" if outputs == 1000 and names[0].startswith("n") else "by class name"
+            return torch.tensor([index[n] for n in names]), {"accuracy": how}
+        kind = "ImageNet synsets" if outputs == 1000 else "class names"
+        reason = (
+            f"the data's class {missing[0]!r} is not among the model's {outputs} outputs ({kind}): "
+            "the label-free measures are computed"
+        )
+        return None, {"accuracy": None, "accuracy_absent": reason}
+    if outputs == len(names):
+        return torch.arange(len(names)), {"accuracy": "in order (the model names no classes)"}
+    reason = (
+        f"the model has {outputs} outputs and names no classes, the data has {len(names)} classes: "
+        "the label-free measures are computed"
+    )
+    return None, {"accuracy": None, "accuracy_absent": reason}
+
+
 class MeasureCommand:
     """One ``measure``: the model, the data, the measures, and the run directory they fill."""
 
@@ -116,7 +157,7 @@ class MeasureCommand:
         task, outputs = probe(model.net, torch.zeros(1, channels, size, size, device=self.device))
         if task == "segmentation" and data.has_masks:
             data.with_masks = True
-        mapping, accuracy = self._mapping(model, data, task, outputs)
+        mapping, accuracy = label_mapping(model, data, task, outputs, self.config.labels)
         chosen = self._chosen(model, task, mapping is not None, size)  # refused before anything is written
         identity = RunIdentity(
             backbone=model.identity.get("backbone", model.name),
@@ -179,47 +220,6 @@ class MeasureCommand:
             )
         return data
 
-    def _mapping(self, model: Measurable, data: Any, task: str, outputs: int) -> tuple[Tensor | None, dict]:
-        """The model's output index of each data class (None: no score), and how it was found or
-        why it is absent (``summary.json``'s ``measured``)."""
-        names = [str(n) for n in getattr(data, "class_names", [])]
-        if self.config.labels == "none":
-            return None, {"accuracy": None, "accuracy_absent": "labels: none"}
-        if task == "segmentation":
-            if not data.has_masks:
-                return None, {
-                    "accuracy": None,
-                    "accuracy_absent": f"{data.name} has no masks to score against",
-                }
-            if outputs != len(names) + 1:
-                reason = (
-                    f"the model has {outputs} per-pixel outputs and the data {len(names)} classes "
-                    "and the background"
-                )
-                return None, {"accuracy": None, "accuracy_absent": reason}
-            return torch.arange(len(names)), {"accuracy": "by class index (background 0)"}
-        if model.labels is not None:
-            index = {label: i for i, label in enumerate(model.labels)}
-            missing = [n for n in names if n not in index]
-            if not missing:
-                how = (
-                    "by ImageNet synset" if outputs == 1000 and names[0].startswith("n") else "by class name"
-                )
-                return torch.tensor([index[n] for n in names]), {"accuracy": how}
-            kind = "ImageNet synsets" if outputs == 1000 else "class names"
-            reason = (
-                f"the data's class {missing[0]!r} is not among the model's {outputs} outputs ({kind}): "
-                "the label-free measures are computed"
-            )
-            return None, {"accuracy": None, "accuracy_absent": reason}
-        if outputs == len(names):
-            return torch.arange(len(names)), {"accuracy": "in order (the model names no classes)"}
-        reason = (
-            f"the model has {outputs} outputs and names no classes, the data has {len(names)} classes: "
-            "the label-free measures are computed"
-        )
-        return None, {"accuracy": None, "accuracy_absent": reason}
-
     def _loader(
         self, split: Any, mapping: Tensor | None, task: str, data: Any, count: int | None
     ) -> DataLoader:
@@ -281,7 +281,8 @@ class MeasureCommand:
         seconds["measure_test"] = time.perf_counter() - clock
         if mapping is not None:
             clock = time.perf_counter()
-            values.update(self._score(model, self._loader(split, mapping, task, data, None), task, outputs))
+            loader = self._loader(split, mapping, task, data, None)
+            values.update(upright_scores(model, loader, task, outputs, self.device, self.config.precision))
             seconds["test"] = time.perf_counter() - clock
         curves = {}
         for curve in (m for m in chosen if m.key == "curve"):
@@ -335,25 +336,41 @@ class MeasureCommand:
             print(digest(logged, [family.name for family in callback.families]))
         return run_dir
 
-    def _score(self, model: Measurable, loader: DataLoader, task: str, outputs: int) -> dict[str, float]:
-        """The upright loss and scores over the whole test split, as a run's test step logs them
-        (the loss a mean over images of each batch's loss, batches of the data's batch size)."""
-        from torchmetrics import MeanMetric
 
-        from symtrain.metrics.measuring import autocast, on_device
-        from symtrain.tasks import TASKS
+def upright_scores(
+    model: Measurable, loader: DataLoader, task: str, outputs: int, device: torch.device, precision: str
+) -> dict[str, float]:
+    """The upright loss and scores over the whole test split, as a run's test step logs them.
 
-        scores = {name: metric.to(self.device) for name, metric in TASKS[task]().scores(outputs).items()}
-        loss = MeanMetric(nan_strategy="disable").to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.config.precision):
-            for images, targets in on_device(loader, self.device):
-                logits = model.net(images).float()
-                loss.update(model.loss(logits, targets).expand(len(targets)))
-                for metric in scores.values():
-                    metric.update(logits, targets)
-        values = {"test/loss": float(loss.compute())}
-        values.update({f"test/{name}": float(metric.compute()) for name, metric in scores.items()})
-        return values
+    The loss is a mean over images of each batch's loss, in batches of the data's batch size.
+
+    Args:
+        model: The measured model.
+        loader: The whole test split in batches of (images, targets in the model's indexing).
+        task: ``classification`` or ``segmentation``.
+        outputs: The model's outputs (per image or per pixel).
+        device: Where the model and the metrics run.
+        precision: ``measure``'s ``--precision`` (``32`` or ``bf16``).
+
+    Returns:
+        ``test/loss`` and the task's scores (``test/acc``, ...).
+    """
+    from torchmetrics import MeanMetric
+
+    from symtrain.metrics.measuring import autocast, on_device
+    from symtrain.tasks import TASKS
+
+    scores = {name: metric.to(device) for name, metric in TASKS[task]().scores(outputs).items()}
+    loss = MeanMetric(nan_strategy="disable").to(device)
+    with torch.inference_mode(), autocast(device, precision):
+        for images, targets in on_device(loader, device):
+            logits = model.net(images).float()
+            loss.update(model.loss(logits, targets).expand(len(targets)))
+            for metric in scores.values():
+                metric.update(logits, targets)
+    values = {"test/loss": float(loss.compute())}
+    values.update({f"test/{name}": float(metric.compute()) for name, metric in scores.items()})
+    return values
 
 
 def digest(values: dict[str, float], families: list[str]) -> str:

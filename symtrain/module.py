@@ -1,9 +1,9 @@
 """The LightningModule: a backbone, a symmetry strategy and a task head, composed.
 
-The trained network itself is a plain ``nn.Module`` that maps images in [0, 1] to logits:
-:class:`SymmetryNet` (normalisation, backbone, pooled classification head) for
-classification, :class:`SegmentationNet` (normalisation, the backbone as the encoder of a
-U-Net, its decoder) for segmentation. :class:`SymmetryModule` adds what only training needs
+The trained network itself is a plain ``nn.Module`` that maps images in [0, 1] to logits
+(:mod:`symtrain.nets`): :class:`SymmetryNet` (normalisation, backbone, pooled classification
+head) for classification, :class:`SegmentationNet` (normalisation, the backbone as the encoder
+of a U-Net, its decoder) for segmentation. :class:`SymmetryModule` adds what only training needs
 (the strategy, the loss, metrics and the optimiser).
 """
 
@@ -20,22 +20,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from symtrain.backbones import Backbone, BackboneFactory, StandardCNN
+from symtrain.backbones import BackboneFactory, StandardCNN
 from symtrain.distributed import check_same_model_on_every_rank
-from symtrain.errors import SymtrainError
-from symtrain.recipes import (
-    PLATEAU_MONITOR,
-    LRSchedulerCallable,
-    OptimizerCallable,
-    UpdateCountScheduler,
-    check_optimizer,
-    check_scheduler,
-    describe,
-    parameter_groups,
-    recipe_of,
-    recipe_outline,
-    short_name,
-)
+
+# The networks live in symtrain.nets, below this module and symtrain.tasks; they stay importable
+# from here, where configs, scripts and older code name them (symtrain.module.SymmetryNet).
+from symtrain.nets import ClassificationHead, Normalize, SegmentationNet, SymmetryNet  # noqa: F401
+from symtrain.optimization import RecipeMixin
+from symtrain.recipes import LRSchedulerCallable, OptimizerCallable
 from symtrain.symmetry import NoSymmetry, SymmetryStrategy
 from symtrain.symmetry.base import StrategyNet, StrategyStatistics
 from symtrain.tasks import TASKS, Segmentation
@@ -48,91 +40,7 @@ Task = Literal["classification", "segmentation"]
 _STALE_STATE_PREFIXES = ("symmetry.pipelines.",)
 
 
-class Normalize(nn.Module):
-    """Per-channel standardisation, part of the model so transformations act on raw images."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
-
-    def forward(self, images: Tensor) -> Tensor:
-        return (images - self.mean) / self.std
-
-
-class ClassificationHead(nn.Module):
-    """Global average pooling and a linear classifier: spatial invariance comes from the pooling."""
-
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_channels, num_classes)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.fc(features.mean(dim=(-2, -1)))  # (B, C, h, w) -> (B, num_classes)
-
-
-class SymmetryNet(nn.Module):
-    """The network alone: images in [0, 1] (B, C, H, W) -> logits (B, num_classes).
-
-    Examples:
-        >>> net = SymmetryNet(Normalize([0.5], [0.5]), StandardCNN(1, width=4, depth=1), 3)
-        >>> net(torch.rand(2, 1, 16, 16)).shape
-        torch.Size([2, 3])
-    """
-
-    def __init__(
-        self, normalize: Normalize, backbone: Backbone, num_classes: int, head: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.normalize = normalize
-        self.backbone = backbone
-        self.head = ClassificationHead(backbone.out_channels, num_classes) if head is None else head
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.backbone(self.normalize(images)))
-
-    def export(self) -> SymmetryNet:
-        """The same network with an escnn backbone as plain torch modules (identical outputs,
-        no escnn at inference), in eval mode; itself when there is nothing to export."""
-        if not hasattr(self.backbone, "export"):
-            return self
-        return SymmetryNet(self.normalize, self.backbone.export(), 0, head=self.head).eval()
-
-
-class SegmentationNet(nn.Module):
-    """The network alone: images in [0, 1] (B, C, H, W) -> per-pixel logits (B, num_classes, H, W).
-
-    The backbone is the encoder of a U-Net and builds its own decoder
-    (:meth:`~symtrain.backbones.Backbone.decoder`), so the dense output keeps the backbone's
-    symmetry: an escnn C4 model's logits rotate exactly with the image.
-
-    Examples:
-        >>> net = SegmentationNet(Normalize([0.5], [0.5]), StandardCNN(1, width=4, depth=2), 3)
-        >>> net(torch.rand(2, 1, 16, 16)).shape
-        torch.Size([2, 3, 16, 16])
-    """
-
-    def __init__(
-        self, normalize: Normalize, backbone: Backbone, num_classes: int, decoder: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.normalize = normalize
-        self.backbone = backbone
-        self.decoder = backbone.decoder(num_classes) if decoder is None else decoder
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.decoder(self.backbone.encode(self.normalize(images)))
-
-    def export(self) -> SegmentationNet:
-        """The same network with an escnn encoder and decoder as plain torch modules (identical
-        outputs, no escnn at inference), in eval mode; itself when there is nothing to export."""
-        if not hasattr(self.backbone, "export_encoder"):
-            return self
-        encoder, decoder = self.backbone.export_encoder(), self.decoder.export()
-        return SegmentationNet(self.normalize, encoder, 0, decoder=decoder).eval()
-
-
-class SymmetryModule(pl.LightningModule):
+class SymmetryModule(RecipeMixin, pl.LightningModule):
     """A classifier or segmenter composed from a backbone and a symmetry strategy.
 
     Batches arrive as uint8 images (and, for segmentation, masks); :meth:`on_after_batch_transfer`
@@ -261,61 +169,6 @@ class SymmetryModule(pl.LightningModule):
         # The one-cycle schedule's length as a resumed checkpoint planned it and as this fit does.
         self._schedule_steps: dict[str, int | None] = {}
 
-    def _check_recipe_settings(self) -> None:
-        """A config never holds a setting that does not apply: the default recipe's settings are
-        None when an optimizer or scheduler replaces it."""
-        hparams = self.hparams
-        replaced = [
-            ("optimizer", self._optimizer_factory, ("lr", "weight_decay", "lr_schedule")),
-            ("lr_scheduler", self._scheduler_factory, ("lr_schedule",)),
-        ]
-        for key, factory, settings in replaced:
-            if factory is None:
-                continue
-            name = short_name(describe(factory, hparams.get(key))["class_path"])
-            for setting in settings:
-                if hparams.get(setting) is not None:
-                    where = {"lr": "its init_args.lr", "weight_decay": "its init_args.weight_decay"}
-                    instead = where.get(setting, "model.lr_scheduler (or none: a constant lr)")
-                    raise SymtrainError(
-                        f"model.{setting} {hparams[setting]} does not apply with model.{key} {name}: "
-                        f"set model.{setting} null and give it as {instead}"
-                    )
-        if self._scheduler_factory is None and hparams.get("lr_interval") is not None:
-            raise SymtrainError(
-                f"model.lr_interval {hparams['lr_interval']} applies to model.lr_scheduler, which is not "
-                "given: set model.lr_interval null, or give model.lr_scheduler"
-            )
-
-    def recipe(self, ema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """What this module trains with, from its hyperparameters (so before the optimizer
-        exists): ``summary.json``'s and wandb's ``recipe``, and the report's recipe column.
-
-        Args:
-            ema: the settings of the run's ``EMAWeightAveraging`` callback (``decay``, ...), if any.
-
-        Returns:
-            ``optimizer`` and ``lr_scheduler`` (each ``{"class_path", "init_args"}``, or for the
-            schedule ``onecycle`` or ``constant``), ``lr_interval`` (``step``, ``epoch``, or None
-            for a constant rate), ``decay_norms_and_biases``, and ``ema`` when given.
-
-        Examples:
-            >>> from functools import partial
-            >>> module = SymmetryModule(partial(StandardCNN, width=4, depth=1), num_classes=3)
-            >>> recipe = module.recipe()
-            >>> recipe["optimizer"]
-            {'class_path': 'torch.optim.AdamW', 'init_args': {'lr': 0.003, 'weight_decay': 0.0001}}
-            >>> recipe["lr_scheduler"], recipe["lr_interval"]
-            ('onecycle', 'step')
-        """
-        recipe = recipe_of(self.hparams, self._optimizer_factory, self._scheduler_factory)
-        return {**recipe, "ema": dict(ema)} if ema is not None else recipe
-
-    @property
-    def lr_interval(self) -> str:
-        """When an injected scheduler steps (``lr_interval``, or ``epoch`` when None)."""
-        return self.hparams.get("lr_interval") or "epoch"
-
     @staticmethod
     def without_stale_state(state: dict[str, Any]) -> dict[str, Any]:
         """``state`` (a checkpoint's ``state_dict``) without entries older versions saved that
@@ -334,30 +187,6 @@ class SymmetryModule(pl.LightningModule):
         planned = [state.get("total_steps") for state in checkpoint.get("lr_schedulers", [])]
         self._schedule_steps["checkpoint"] = planned[0] if planned else None
         self._check_schedule_continues()
-
-    def _check_recipe_continues(self, trained: Mapping[str, Any]) -> None:
-        """A resumed fit must configure the optimizer and scheduler the checkpoint's states belong
-        to: loaded into another one, they fail at its first step or silently train on with the
-        saved settings."""
-        was, now = recipe_outline(trained), recipe_outline(self.hparams)
-        if was != now:
-            raise SymtrainError(
-                f"the checkpoint was trained with {was} but this fit configures {now}: resume with the "
-                "settings the run started with (its config.yaml), or start a new run"
-            )
-
-    def _check_schedule_continues(self) -> None:
-        """A resumed fit must plan the one-cycle schedule it continues: its length is part of the
-        run (torch's OneCycleLR fails mid-training when stepped past it). Checked once both the
-        checkpoint's plan and this fit's are known (Lightning restores before or after it
-        configures the optimiser, depending on the strategy)."""
-        planned, now = self._schedule_steps.get("checkpoint"), self._schedule_steps.get("fit")
-        if planned is not None and now is not None and planned != now:
-            raise SymtrainError(
-                f"the checkpoint continues a one-cycle learning-rate schedule of {planned} steps but this "
-                f"fit plans {now} (another --trainer.max_epochs, batch size or data): resume with the "
-                "settings the run started with, or start a new run"
-            )
 
     @property
     def num_params(self) -> int:
@@ -411,43 +240,14 @@ class SymmetryModule(pl.LightningModule):
         self.scores[f"{stage}_scores"].update(logits, targets)
         return loss
 
-    def _log_epoch(self, stage: str) -> None:
-        # compute() reduces across processes (torchmetrics states), so every rank logs the
-        # same mean over all of the epoch's samples.
-        loss, scores = self.mean_loss[f"{stage}_loss"], self.scores[f"{stage}_scores"]
-        self.log(f"{stage}/loss", loss.compute(), prog_bar=stage != "test")
-        for name, value in scores.compute().items():  # {stage}/acc (and {stage}/miou)
-            self.log(name, value, prog_bar=True)
-        loss.reset()
-        scores.reset()
-        if self.strategy_stats:
-            self._log_strategy(stage)
-
-    def _log_strategy(self, stage: str) -> None:
-        """The wrapper's choices over the epoch: shares per element (and their wandb histogram)
-        and its penalty."""
-        statistics = self.strategy_stats[f"{stage}_strategy"]
-        for name, value in statistics.compute().items():
-            self.log(f"{stage}/{name}", value)
-        if statistics.labels and self.trainer.is_global_zero:
-            counts = statistics.counts.detach().cpu()
-            for logger in self.loggers:
-                if isinstance(logger, WandbLogger):
-                    import wandb
-
-                    edges = torch.arange(len(counts) + 1.0).numpy()
-                    histogram = wandb.Histogram(np_histogram=(counts.numpy(), edges))
-                    logger.experiment.log({f"{stage}/canonical/elements": histogram})
-        statistics.reset()
-
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        log_epoch(self, "train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        log_epoch(self, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        log_epoch(self, "test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -474,58 +274,45 @@ class SymmetryModule(pl.LightningModule):
         masks = {"masks": masks[0]} if masks else {}
         return {"logits": logits, "preds": logits.argmax(dim=1), "labels": labels, **masks}
 
-    def configure_optimizers(self) -> Any:
-        recipe = self.recipe()
-        parameters = parameter_groups(self, recipe["decay_norms_and_biases"])
-        if self._optimizer_factory is None:
-            settings = recipe["optimizer"]["init_args"]  # lr and weight_decay, defaults filled in
-            optimizer = torch.optim.AdamW(parameters, **settings)
-        else:
-            optimizer = self._optimizer_factory(parameters)
-            check_optimizer(optimizer, self._recipe_name("optimizer"))
-        if self._scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self._injected_scheduler(optimizer)}
-        if recipe["lr_scheduler"] == "constant":
-            return optimizer
-        total_steps = self.trainer.estimated_stepping_batches
-        self._schedule_steps["fit"] = total_steps
-        self._check_schedule_continues()
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=settings["lr"], total_steps=total_steps
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _recipe_name(self, key: str) -> str:
-        """The injected optimizer's or scheduler's class, as messages name it."""
-        factory = self._optimizer_factory if key == "optimizer" else self._scheduler_factory
-        return short_name(describe(factory, self.hparams.get(key))["class_path"])
+def log_epoch(module: SymmetryModule, stage: str) -> None:
+    """Log the epoch's mean loss and scores (and a wrapper's choices) for ``stage``, then reset them.
 
-    def _injected_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Lightning's scheduler config for ``lr_scheduler``, checked against this fit."""
-        scheduler = self._scheduler_factory(optimizer)
-        trainer = self.trainer
-        check_scheduler(
-            scheduler,
-            self._recipe_name("lr_scheduler"),
-            self.lr_interval,
-            stepping_batches=trainer.estimated_stepping_batches,
-            max_epochs=trainer.max_epochs,
-            validates=trainer.limit_val_batches != 0,
-        )
-        config = {"scheduler": scheduler, "interval": self.lr_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = PLATEAU_MONITOR
-        return config
+    ``compute()`` reduces across processes (torchmetrics states), so every rank logs the same mean
+    over all of the epoch's samples.
 
-    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
-        if not isinstance(scheduler, UpdateCountScheduler):
-            super().lr_scheduler_step(scheduler, metric)
-            return
-        # timm's schedulers are told how far training is, as timm's train.py tells them: the
-        # epochs done when an epoch ends (Lightning calls this before counting it), the
-        # optimizer updates done after a step (global_step already counts this one).
-        extra = {} if metric is None else {"metric": metric}
-        if self.lr_interval == "step":
-            scheduler.step_update(num_updates=self.global_step, **extra)
-        else:
-            scheduler.step(epoch=self.current_epoch + 1, **extra)
+    Args:
+        module: The module whose per-stage metrics accumulated over the epoch.
+        stage: ``train``, ``val`` or ``test``.
+    """
+    loss, scores = module.mean_loss[f"{stage}_loss"], module.scores[f"{stage}_scores"]
+    module.log(f"{stage}/loss", loss.compute(), prog_bar=stage != "test")
+    for name, value in scores.compute().items():  # {stage}/acc (and {stage}/miou)
+        module.log(name, value, prog_bar=True)
+    loss.reset()
+    scores.reset()
+    if module.strategy_stats:
+        log_strategy(module, stage)
+
+
+def log_strategy(module: SymmetryModule, stage: str) -> None:
+    """Log a wrapper's choices over the epoch: shares per element (and their wandb histogram)
+    and its penalty; then reset them.
+
+    Args:
+        module: The module whose network is a :class:`StrategyNet`.
+        stage: ``train``, ``val`` or ``test``.
+    """
+    statistics = module.strategy_stats[f"{stage}_strategy"]
+    for name, value in statistics.compute().items():
+        module.log(f"{stage}/{name}", value)
+    if statistics.labels and module.trainer.is_global_zero:
+        counts = statistics.counts.detach().cpu()
+        for logger in module.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                edges = torch.arange(len(counts) + 1.0).numpy()
+                histogram = wandb.Histogram(np_histogram=(counts.numpy(), edges))
+                logger.experiment.log({f"{stage}/canonical/elements": histogram})
+    statistics.reset()

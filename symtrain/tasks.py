@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from symtrain.backbones import Backbone
 from symtrain.errors import SymtrainError
 from symtrain.metrics.iou import JaccardIndex
+from symtrain.nets import SegmentationNet, SymmetryNet
 
 
 class Classification:
@@ -45,8 +46,6 @@ class Classification:
         return num_classes
 
     def network(self, normalize: nn.Module, backbone: Backbone, outputs: int) -> nn.Module:
-        from symtrain.module import SymmetryNet
-
         return SymmetryNet(normalize, backbone, outputs)
 
     def targets(self, labels: Tensor, masks: list[Tensor]) -> Tensor:
@@ -79,8 +78,6 @@ class Segmentation(Classification):
         return num_classes + 1  # the background
 
     def network(self, normalize: nn.Module, backbone: Backbone, outputs: int) -> nn.Module:
-        from symtrain.module import SegmentationNet
-
         return SegmentationNet(normalize, backbone, outputs)
 
     def targets(self, labels: Tensor, masks: list[Tensor]) -> Tensor:

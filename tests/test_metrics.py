@@ -1,4 +1,5 @@
-"""Equivariance metrics, validated on cases whose answers are known."""
+"""Equivariance metrics, validated on cases whose answers are known. Against their papers' code
+(R_f and the Lie derivative): ``test_metrics_reference.py``."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from metrics_helpers import (
+    BACKBONES,
+    GlobalMean,
+    cnn,
+    measure,
+    plain_net,
+    random_split,
+    shapes_split,
+)
 from torch import Tensor, nn
 
 from symtrain.backbones import AntialiasedCNN, Backbone, EquivariantCNN, StandardCNN
-from symtrain.data import Split, SyntheticShapes
+from symtrain.data import Split
 from symtrain.errors import SymtrainError
 from symtrain.metrics import EquivarianceMetrics, Measure
-from symtrain.metrics.base import Batch
 from symtrain.metrics.functional import SpreadRelativeError, centred, visible_region
-from symtrain.metrics.lie import GENERATORS, lie_derivative, tangent
 from symtrain.metrics.subset import stratified_subset
 from symtrain.module import Normalize, SymmetryNet
 from symtrain.transforms import (
@@ -41,67 +49,6 @@ class LeftRight(Backbone):
         width = images.shape[-1]
         left, right = images[..., : width // 2].mean((1, 2, 3)), images[..., width // 2 :].mean((1, 2, 3))
         return torch.stack([left, right], dim=1)[..., None, None]  # (B, 2, 1, 1)
-
-
-class GlobalMean(Backbone):
-    """The mean intensity and its square: invariant to every exact family, and to shifts on a
-    canvas that nothing leaves."""
-
-    out_channels = 2
-
-    def forward(self, images: Tensor) -> Tensor:
-        mean = images.mean((1, 2, 3))
-        return torch.stack([mean, mean**2], dim=1)[..., None, None]
-
-
-class Identity(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
-def plain_net(backbone: Backbone) -> SymmetryNet:
-    net = SymmetryNet(Normalize([0.0], [1.0]), backbone, num_classes=2)
-    net.head = Identity()  # logits are the pooled features themselves: responses stay readable
-    net.head.forward = lambda features: features.mean((-2, -1))
-    return net.eval()
-
-
-def measure(
-    net: nn.Module, split: Split, callback: EquivarianceMetrics, **module: object
-) -> dict[str, float]:
-    """Run the callback's measurement on one split, with just enough of a trainer and a module
-    (``module`` adds attributes, e.g. ``segmentation=True``)."""
-    trainer = SimpleNamespace(global_rank=0, world_size=1, datamodule=SimpleNamespace(splits={"test": split}))
-    logged: dict[str, float] = {}
-    module = SimpleNamespace(
-        net=net,
-        device=torch.device("cpu"),
-        training=False,
-        eval=lambda: None,
-        train=lambda mode: None,
-        log=lambda name, value, **kwargs: logged.setdefault(name, value),
-        **module,
-    )
-    values = callback.measure(trainer, module, "test")
-    assert {k: v for k, v in values.items() if "/curve/" not in k} == logged
-    return values
-
-
-def random_split(count: int = 32, size: int = 16, seed: int = 0) -> Split:
-    generator = torch.Generator().manual_seed(seed)
-    images = (torch.rand(count, 1, size, size, generator=generator) * 255).to(torch.uint8)
-    return Split(images, torch.randint(0, 2, (count,), generator=generator))
-
-
-def shapes_split(count: int = 64, size: int = 32) -> Split:
-    data = SyntheticShapes(num_train=1, num_val=1, num_test=count, image_size=size)
-    data.setup()
-    return data.splits["test"]
-
-
-def cnn(backbone: Backbone, classes: int = 8) -> SymmetryNet:
-    torch.manual_seed(0)
-    return SymmetryNet(Normalize([0.1], [0.25]), backbone, classes).eval()
 
 
 def spread_error(moved: list[Tensor], reference: Tensor) -> float:
@@ -150,14 +97,6 @@ class AtIdentity(TransformFamily):
 
 
 ALL_FAMILIES = [Rot90(), Flip(), CircularShift(4), Shift(3), Rotation(), Affine(), Elastic(), Diffeo()]
-BACKBONES = {
-    "cnn": lambda: StandardCNN(1, width=4, depth=2),
-    "blur": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="blur"),
-    "aps": lambda: AntialiasedCNN(1, width=4, depth=2, downsample="aps"),
-    "c4": lambda: EquivariantCNN(1, "C", 4, width=2, depth=2),
-    "d4": lambda: EquivariantCNN(1, "D", 4, width=2, depth=2),
-    "o2": lambda: EquivariantCNN(1, "O2", 0, width=2, depth=2),
-}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -424,216 +363,6 @@ def test_a_new_measure_is_one_class_and_the_summary_describes_it() -> None:
 
 def test_runs_configured_before_measures_existed_still_parse() -> None:
     """An old run's config.yaml says ``layerwise``: testing or resuming it still works."""
-    assert "layer" not in [m.key for m in EquivarianceMetrics(layerwise=False).chosen("segmentation")]
-    assert "layer" in [m.key for m in EquivarianceMetrics(layerwise=True).chosen("classification")]
-
-
-# -- R_f and the Lie derivative, as their papers' code computes them ----------------------------
-
-
-class BorderPixels(nn.Module):
-    """The top-left and bottom-right pixels: fixed by every diffeomorphism of the family (its
-    displacement vanishes on the border), moved by any noise."""
-
-    def forward(self, images: Tensor) -> Tensor:
-        return torch.stack([images[:, 0, 0, 0], images[:, 0, -1, -1]], dim=1)
-
-
-class Pixels(nn.Module):
-    """The identity map: the image's pixels as the outputs."""
-
-    def forward(self, images: Tensor) -> Tensor:
-        return images.flatten(1)
-
-
-def diffeo_inputs(images: Tensor, draw: int, delta: float, cut: int) -> tuple[Tensor, Tensor]:
-    """τx and x + η of the measure's draw ``draw`` (the same seeded τ and η), ‖η‖ = ‖τx − x‖
-    per image, as diffeo-sota's ``diffeo_imgs`` makes them."""
-    count = len(images)
-    batch = Batch(nn.Identity(), images, torch.zeros(count), False, 8, torch.arange(count), count, 0)
-    family = Diffeo(delta, cut)
-    deformed = family.apply(images, batch.sample(family, draw))
-    sigma = (deformed - images).pow(2).sum([1, 2, 3], keepdim=True).sqrt()
-    eta = batch.normal(draw)
-    return deformed, images + eta / eta.pow(2).sum([1, 2, 3], keepdim=True).sqrt() * sigma
-
-
-def relative_distance(f0: Tensor, views: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """diffeo-sota's ``results/utils.py: relative_distance``, written out: D and G as the median
-    over the images of each output's squared change, summed over the outputs, over the median
-    squared distance between two images' outputs (``torch.cdist(f0, f0).pow(2).median()``, the
-    diagonal included). Several draws pool their images."""
-    f0 = f0.double().reshape(len(f0), -1)
-    deno = torch.cdist(f0, f0).pow(2).median().item()
-    fd = torch.cat([d.double().reshape(len(d), -1) for d, _ in views])
-    fq = torch.cat([q.double().reshape(len(q), -1) for _, q in views])
-    base = f0.repeat(len(views), 1)
-    d = (fd - base).pow(2).median(0).values.sum().item() / deno
-    g = (fq - base).pow(2).median(0).values.sum().item() / deno
-    return d, g
-
-
-@pytest.mark.parametrize("draws", [1, 2])
-def test_r_f_is_the_reference_codes_medians(draws: int) -> None:
-    """D_f, G_f and R_f against diffeo-sota's relative_distance on a tiny CNN (draws = 1 is its
-    protocol; more draws pool their images), R_f per stage the same on the stage's map, and the
-    paper's written ratio of means beside it as R_f_mean; the two differ on this model, so the
-    means (symtrain's R_f before) fail here."""
-    net = cnn(StandardCNN(1, width=4, depth=2))
-    split = shapes_split(24, 17)
-    callback = EquivarianceMetrics(
-        [Shift(2)], measures=["diffeo"], draws=draws, diffeo_delta=1.5, diffeo_cut=4
-    )
-    values = measure(net, split, callback)
-    images = callback._subsets[("test", id(split))].images.float() / 255
-    inputs = [diffeo_inputs(images, draw, 1.5, 4) for draw in range(draws)]
-    with torch.no_grad():
-        f0 = net(images)
-        views = [(net(deformed), net(noisy)) for deformed, noisy in inputs]
-    d_f, g_f = relative_distance(f0, views)
-    assert values["test/diffeo/D_f"] == pytest.approx(d_f, rel=1e-5)
-    assert values["test/diffeo/G_f"] == pytest.approx(g_f, rel=1e-5)
-    assert values["test/diffeo/R_f"] == pytest.approx(d_f / g_f, rel=1e-5)
-    deformed = torch.cat([(d.double() - f0.double()).pow(2).sum(1) for d, _ in views]).sum()
-    noisy = torch.cat([(q.double() - f0.double()).pow(2).sum(1) for _, q in views]).sum()
-    mean_ratio = (deformed / noisy).item()
-    assert values["test/diffeo/R_f_mean"] == pytest.approx(mean_ratio, rel=1e-5)
-    assert abs(values["test/diffeo/R_f"] / mean_ratio - 1) > 0.05  # medians and means part here
-    # each stage's map: the same medians over its C·h·w values
-    with torch.no_grad():
-        stages = net.backbone.layer_outputs(net.normalize(images))
-        for name, reference in stages.items():
-            outputs = [[net.backbone.layer_outputs(net.normalize(x))[name] for x in both] for both in inputs]
-            pairs = [(deformed, noisy) for deformed, noisy in outputs]
-            d_layer, g_layer = relative_distance(reference, pairs)
-            assert values[f"test/diffeo/R_f/layer/{name}"] == pytest.approx(d_layer / g_layer, rel=1e-4)
-
-
-def test_r_f_known_answers() -> None:
-    """An invariant map: D_f = R_f = 0, noise still moves it; the identity map: R_f_mean = 1
-    exactly (‖η‖ = ‖τx − x‖ per image); a scale or an offset of f changes nothing."""
-    split = random_split(count=16, size=15)
-    callback = EquivarianceMetrics([Shift(2)], measures=["diffeo"], draws=2)
-    values = measure(BorderPixels(), split, callback)
-    assert values["test/diffeo/R_f"] == 0 and values["test/diffeo/D_f"] == 0
-    assert values["test/diffeo/R_f_mean"] == 0 and values["test/diffeo/G_f"] > 0
-    values = measure(Pixels(), split, callback)
-    assert values["test/diffeo/R_f_mean"] == pytest.approx(1.0, rel=1e-6)
-    assert values["test/diffeo/R_f"] > 0  # the medians keep no such exact value
-    net = cnn(StandardCNN(1, width=4, depth=2))
-    scaled = copy.deepcopy(net)  # logits 3 f(x) + 10
-    scaled.head.fc.weight.data *= 3.0
-    scaled.head.fc.bias.data = 3.0 * scaled.head.fc.bias.data + 10.0
-    plain, other = measure(net, split, callback), measure(scaled, split, callback)
-    for name in ("D_f", "G_f", "R_f", "R_f_mean"):
-        assert other[f"test/diffeo/{name}"] == pytest.approx(plain[f"test/diffeo/{name}"], rel=1e-4), name
-
-
-def test_r_f_of_a_large_map_keeps_a_fixed_draw_of_its_coordinates() -> None:
-    """Beyond ``coordinates``, the same seeded coordinates in every update, and R_f is the
-    medians' ratio over them."""
-    from symtrain.metrics.diffeo import MedianStabilityRatio  # new with the medians
-
-    generator = torch.Generator().manual_seed(0)
-    reference = torch.randn(6, 3, 4, 4, generator=generator)
-    deformed = [reference + 0.1 * torch.randn(6, 3, 4, 4, generator=generator) for _ in range(2)]
-    noisy = [reference + torch.randn(6, 3, 4, 4, generator=generator) for _ in range(2)]
-    ratio = MedianStabilityRatio(coordinates=20, dtype=torch.float32)
-    for d, q in zip(deformed, noisy, strict=True):
-        ratio.update(d, q, reference)
-    chosen = ratio.chosen
-    assert chosen is not None and len(chosen) == 20 and len(set(chosen.tolist())) == 20
-    d = torch.cat([(x - reference).pow(2).flatten(1)[:, chosen] for x in deformed])
-    q = torch.cat([(x - reference).pow(2).flatten(1)[:, chosen] for x in noisy])
-    expected = d.median(0).values.double().sum() / q.median(0).values.double().sum()
-    assert ratio.compute().item() == pytest.approx(expected.item(), rel=1e-6)
-
-
-def warp(images: Tensor, generator: str, t: float) -> Tensor:
-    """The generator's flow for time t, written out independently of the measure: bilinear
-    resampling at p − t·v(p), the image mirrored about its border pixels' centres beyond the
-    frame, as lie-deriv's warp (first order in t, which a symmetric difference needs)."""
-    (a, b), (c, d) = GENERATORS[generator][0]
-    bx, by = GENERATORS[generator][1]
-    height, width = images.shape[-2:]
-    y = torch.arange(height, dtype=images.dtype)[:, None].expand(height, width)
-    x = torch.arange(width, dtype=images.dtype)[None, :].expand(height, width)
-    cx, cy = x - (width - 1) / 2, y - (height - 1) / 2
-    sx = x - t * (a * cx + b * cy + bx)
-    sy = y - t * (c * cx + d * cy + by)
-    grid = torch.stack([sx / (width - 1) * 2 - 1, sy / (height - 1) * 2 - 1], dim=-1)
-    grid = grid.expand(len(images), -1, -1, -1)
-    return nn.functional.grid_sample(
-        images, grid, mode="bilinear", padding_mode="reflection", align_corners=True
-    )
-
-
-class SmoothCNN(Backbone):
-    """Convolutions, tanh and average pooling: differentiable everywhere. (Max-pooling is not
-    where a window ties, as everywhere in the zeros outside the disk: there a difference
-    quotient and the derivative disagree however small the step.)"""
-
-    out_channels = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.Tanh(),
-            nn.AvgPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1),
-            nn.Tanh(),
-        )
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layers(images)
-
-
-def bordered_images(count: int = 3, size: int = 19) -> Tensor:
-    """Smooth images with content up to the frame's edge: a blob on a tilted bright ground."""
-    generator = torch.Generator().manual_seed(1)
-    y, x = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
-    images = []
-    for _ in range(count):
-        cy, cx = (torch.rand(2, generator=generator) * size).tolist()
-        tilt = torch.rand(2, generator=generator) - 0.5
-        ground = 0.5 + 0.4 * torch.sin((tilt[0] * x + tilt[1] * y) / 3)
-        images.append(ground + 0.3 * torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 8))
-    return torch.stack(images)[:, None].double()
-
-
-@pytest.mark.parametrize("generator", list(GENERATORS))
-def test_lie_derivative_is_the_reference_warps_derivative_up_to_the_border(generator: str) -> None:
-    """d/dt softmax f(g_t·x) at 0 against the symmetric difference through lie-deriv's
-    reflecting bilinear warp, on images whose content reaches the border (the rotation on the
-    inscribed disk); zeros beyond the frame (symtrain's tangent before) give another value."""
-    torch.manual_seed(0)
-    net = SymmetryNet(Normalize([0.5], [0.25]), SmoothCNN(), 5).double().eval()
-    images = bordered_images()
-    framed = disk_mask(images) if generator == "rotation" else images
-    eps = 1e-6
-    with torch.no_grad():
-        derivative = lie_derivative(net, images, generator)
-        moved = [net(warp(framed, generator, s * eps)).softmax(dim=1) for s in (1, -1)]
-    difference = (moved[0] - moved[1]) / (2 * eps)
-    assert difference.abs().max() > 1e-4  # a CNN is not invariant to any of them
-    assert torch.allclose(derivative, difference, rtol=1e-3, atol=1e-7), (derivative - difference).abs().max()
-    with torch.no_grad():  # the other boundary, for the record: far from the reference on these images
-        zeros = lie_derivative(net, images, generator, boundary="zeros")
-    assert (zeros - difference).abs().max() > 100 * (derivative - difference).abs().max()
-
-
-def test_lie_derivative_of_a_uniform_image_is_zero() -> None:
-    """A uniform image is its own mirror, so no warp of it changes anything: 0 for every model
-    (the rotation on the disk aside, whose edge is not uniform); zeros beyond the frame would
-    see an edge there."""
-    net = cnn(StandardCNN(1, width=4, depth=2))
-    images = torch.full((2, 1, 17, 17), 0.7)
-    with torch.no_grad():
-        for generator in ("translation_x", "translation_y", "scale", "shear", "stretch"):
-            assert lie_derivative(net, images, generator).abs().max() == 0, generator
-            assert tangent(images, generator).abs().max() == 0
-            assert tangent(images, generator, boundary="zeros").abs().max() > 0.3
 
 
 def test_measures_run_on_an_inference_copy_only_where_it_is_the_same_function() -> None:

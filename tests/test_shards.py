@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from folder_helpers import digits_folder, gradient_photo, photo_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_folder import digits_folder, gradient_photo, photo_folder
 
 from symtrain.cli import main
 from symtrain.data import ImageFolder

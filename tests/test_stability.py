@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_metrics import (
+from metrics_helpers import (
     BACKBONES,
     GlobalMean,
     SmoothCNN,

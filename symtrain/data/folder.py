@@ -3,8 +3,6 @@ when they fit and streamed from disk when they do not, with optional per-pixel m
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -12,53 +10,20 @@ from typing import Literal
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
-from PIL import Image
 
 from symtrain.data.base import ImageDataModule, SplitSource
 from symtrain.data.files import Decoding, FileSplit
 from symtrain.data.images import (
     GRAY_MODES,
-    IMAGE_SUFFIXES,
     Interpolation,
     TrainTransform,
-    UnreadableImage,
     check_evaluation,
-    read_image,
 )
+from symtrain.data.layout import first_image, list_files
+from symtrain.data.statistics_cache import cached_statistics
 from symtrain.errors import SymtrainError
-from symtrain.runs import write_atomically
 
 Storage = Literal["auto", "memory", "stream"]
-SPLITS = ("train", "val", "test")
-STATS_FILE = ".symtrain-stats.json"
-# Training images read to estimate the normalisation statistics: enough for 3 decimals.
-STATS_SAMPLE = 1000
-_SUFFIXES = "/".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
-
-
-def _readable(directory: Path) -> None:
-    if not os.access(directory, os.R_OK | os.X_OK):
-        raise SymtrainError(f"{str(directory)!r} cannot be read: give this user read access to it")
-
-
-def _class_dirs(split_dir: Path) -> list[str]:
-    _readable(split_dir)
-    return sorted(
-        entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")
-    )
-
-
-def _image_names(directory: Path) -> list[str]:
-    """The image files directly in ``directory`` (any of the suffixes, in any case: ImageNet's
-    are ``.JPEG``), sorted, hidden files left out."""
-    _readable(directory)
-    return sorted(
-        entry.name
-        for entry in os.scandir(directory)
-        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
-        and not entry.name.startswith(".")
-        and entry.is_file()
-    )
 
 
 def default_workers() -> int:
@@ -186,8 +151,8 @@ class ImageFolder(ImageDataModule):
             )
         if image_size is not None and image_size < 1:
             raise SymtrainError(f"data.image_size is {image_size}: pass a positive side in pixels")
-        names = self._list_files(Path(root))
-        first, mode, pixels = self._first_image(names["train"], skip_unreadable)
+        self.class_names, names = list_files(Path(root))
+        first, mode, pixels = first_image(root, names["train"], skip_unreadable)
         height, width = pixels.shape[-2:]
         if image_size is None and width != height:
             raise SymtrainError(
@@ -231,109 +196,10 @@ class ImageFolder(ImageDataModule):
                 )
             self.mean, self.std = tuple(mean), tuple(std)
         else:
-            self.mean, self.std = self._statistics()
-
-    def _list_files(self, base: Path) -> dict[str, tuple[list[bytes], list[int]]]:
-        """Every split's image paths (relative to the root, as file-system bytes) and labels,
-        checking the layout."""
-        if not base.is_dir():
-            raise SymtrainError(
-                f"data.root {str(base)!r} is not a directory: pass --data.root DIR holding "
-                f"train/<class>/ and test/<class>/ (or val/<class>/) image folders"
+            workers = self.num_workers or default_workers()  # to decode the sample on a cache miss
+            self.mean, self.std = cached_statistics(
+                root, self.files["train"], self._statistics_settings(), workers
             )
-        _readable(base)
-        if not (base / "train").is_dir():
-            raise SymtrainError(
-                f"{str(base / 'train')!r} does not exist: create it with one subdirectory of images per class"
-            )
-        if not (base / "test").is_dir() and not (base / "val").is_dir():
-            raise SymtrainError(
-                f"{str(base / 'test')!r} does not exist: create it (or val/) with one subdirectory "
-                f"of images per class"
-            )
-        self.class_names = _class_dirs(base / "train")
-        label = {name: index for index, name in enumerate(self.class_names)}
-        files: dict[str, tuple[list[bytes], list[int]]] = {}
-        for split in SPLITS:
-            split_dir = base / split
-            if not split_dir.is_dir():
-                continue
-            present = _class_dirs(split_dir)
-            if not present:
-                raise SymtrainError(
-                    f"{str(split_dir)!r} has no class subdirectories: put each class's images in "
-                    f"{split}/<class>/, or remove the folder"
-                )
-            extra = sorted(set(present) - set(self.class_names))
-            if extra:
-                raise SymtrainError(
-                    f"{str(split_dir)!r} has classes {', '.join(extra)} that train does not: "
-                    f"add them to train/ or remove them from {split}/"
-                )
-            paths: list[bytes] = []
-            labels: list[int] = []
-            empty = []
-            for name in present:
-                images = _image_names(split_dir / name)
-                empty += [] if images else [name]
-                paths += [os.fsencode(os.path.join(split, name, image)) for image in images]
-                labels += [label[name]] * len(images)
-            if empty:
-                raise SymtrainError(
-                    f"class folders {', '.join(empty)} in {str(split_dir)!r} hold no {_SUFFIXES} "
-                    f"images: add some or remove the folders"
-                )
-            files[split] = (paths, labels)
-        return files
-
-    def _first_image(
-        self, train: tuple[list[bytes], list[int]], skip_unreadable: bool
-    ) -> tuple[str, str, torch.Tensor]:
-        """The path, PIL mode and decoded pixels (as RGB) of the first readable training image,
-        which decides the channels and, without ``image_size``, the size."""
-        for path in train[0]:
-            name = os.path.join(self.root, os.fsdecode(path))
-            try:
-                pixels = read_image(name, 3)  # its upright size, as every image is read
-                with Image.open(name) as image:
-                    return name, image.mode, pixels
-            except UnreadableImage:
-                if not skip_unreadable:
-                    raise
-        raise SymtrainError(f"no training image in {self.root!r} can be decoded: check its files")
-
-    def _statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and standard deviation (over all pixels) of up to
-        :data:`STATS_SAMPLE` seeded training images as the model sees them (evaluation view),
-        cached beside the data under a key of the settings and the sampled files' names, sizes
-        and times (a changed file is a new key)."""
-        train = self.files["train"]
-        generator = torch.Generator().manual_seed(0)
-        chosen = torch.randperm(len(train), generator=generator)[:STATS_SAMPLE].sort().values
-        sample = train.subset(chosen)
-        fingerprint = hashlib.sha1(self._statistics_settings().encode())
-        for index in range(len(sample)):
-            state = os.stat(sample.source(index)[0])
-            fingerprint.update(sample.paths[index] + f":{state.st_size}:{state.st_mtime_ns}".encode())
-        key = fingerprint.hexdigest()
-        cache = Path(self.root) / STATS_FILE
-        try:
-            cached = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if isinstance(cached, dict) and isinstance(cached.get(key), dict):
-            return tuple(cached[key]["mean"]), tuple(cached[key]["std"])
-        pixels = sample.decode(self.num_workers or default_workers(), with_masks=False).images
-        values = pixels.transpose(0, 1).flatten(1).double() / 255  # (C, N*S*S)
-        mean = tuple(round(v, 4) for v in values.mean(dim=1).tolist())
-        std = tuple(round(max(v, 1e-3), 4) for v in values.std(dim=1).tolist())
-        entries = cached if isinstance(cached, dict) else {}
-        entries[key] = {"mean": list(mean), "std": list(std), "images": len(pixels)}
-        try:  # read-only data: estimated again next time (bounded), nothing else changes
-            write_atomically(cache, json.dumps(entries, indent=1))
-        except OSError:
-            pass
-        return mean, std
 
     def _statistics_settings(self) -> str:
         """The settings that decide the evaluation view's pixels, as the statistics cache's key

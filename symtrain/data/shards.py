@@ -17,7 +17,7 @@ it, and the training images are stored in a seeded random order, so that every c
 fair sample of the classes.
 
 Reading goes through litdata's ``StreamingDataset`` by index; the training epochs are
-:class:`~symtrain.data.base.Batches`: each epoch permutes the chunks and the images
+:class:`~symtrain.data.loading.Batches`: each epoch permutes the chunks and the images
 within each (a batch reads one chunk), every image is seen once per epoch, under DDP every
 process takes the same number of steps, and a fit resumed from a mid-epoch checkpoint takes the
 rest of that epoch's batches.

@@ -5,7 +5,7 @@ computes each view's outputs once, whichever measures ask for them) and adds val
 :class:`Record` of torchmetrics states, named ``{stage}/equiv/{family}/{key}`` (or
 ``.../{key}/{part}``), or, for a measure of no family, ``{stage}/{its own names}``
 (``test/lie/rotation``). Its docstring is its definition: the report, ``summary.json`` and
-the README take the text from there. A new measure is a new module here; nothing else changes.
+the manual take the text from there. A new measure is a new module here; nothing else changes.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ class Canonicalizer(nn.Module):
         in_channels: image channels.
         group: ``C`` or ``D``.
         order: N.
-        width, depth, kernel_size: as for :class:`EquivariantCNN` (one convolution per stage).
+        width: as for `EquivariantCNN`.
+        depth: as for `EquivariantCNN` (one convolution per stage).
+        kernel_size: as for `EquivariantCNN`.
         downsample: anti-aliased halvings of the image before the network reads it, on a grid
             symmetric under quarter turns and mirrors at odd sizes too (a pose needs no detail).
     """

@@ -4,6 +4,7 @@ state dicts."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,6 +29,26 @@ def use_exact_svd_in_escnn() -> None:
     from escnn.group import _numerical
 
     _numerical.randomized_svd = None
+
+
+def without_filter_cache(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` without escnn's cache of expanded filters: R2Conv registers ``filter`` and
+    ``expanded_bias`` buffers in eval mode and deletes them in train mode (:class:`_EscnnFilters`
+    keeps them out of its own state dicts; older checkpoints may hold them). They are
+    recognised by their sibling ``weights``, the name escnn gives an R2Conv's parameters.
+
+    Examples:
+        >>> sorted(without_filter_cache({"conv.weights": 0, "conv.filter": 1, "norm.filter": 2}))
+        ['conv.weights', 'norm.filter']
+    """
+    return {
+        key: value
+        for key, value in state.items()
+        if not (
+            key.rpartition(".")[2] in ("filter", "expanded_bias")
+            and f"{key.rpartition('.')[0]}.weights" in state
+        )
+    }
 
 
 def _drop_cached_filters(state: dict[str, Any], prefix: str) -> None:

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from symtrain._lazy import lazy_module
 from symtrain.backbones.base import Backbone, Feature, LayerEdit, Pyramid
 from symtrain.backbones.equivariant.action import FieldAction
+from symtrain.backbones.equivariant.exactness import check_square, grid_symmetries, strided_grid_problem
 from symtrain.backbones.equivariant.filters import _EscnnFilters, use_exact_svd_in_escnn
 from symtrain.backbones.equivariant.ops import read_slice_bounds_on_host
 from symtrain.backbones.pyramid import PyramidDecoder
 from symtrain.errors import SymtrainError
-from symtrain.transforms import CircularShift, Flip, Rot90, Rotation, Shift, Symmetries
+from symtrain.transforms import Symmetries
 
 if TYPE_CHECKING:
     from escnn import gspaces
@@ -161,11 +162,7 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
         return f"{type(self).__name__}-{''.join(stages)}"
 
     def _named_maps(self, images: Tensor, edit: LayerEdit | None = None) -> dict[str, enn.GeometricTensor]:
-        if images.shape[-1] != images.shape[-2]:
-            raise SymtrainError(
-                f"{type(self).__name__} needs square images (got {tuple(images.shape[-2:])}): "
-                "rot90 and flips map only a square grid onto itself; crop or pad the data"
-            )
+        check_square(images, type(self).__name__)
         features = self.stem(enn.GeometricTensor(images, self.in_type))
         maps: dict[str, enn.GeometricTensor] = {}
         for name, blocks in (("stem", []), *self.stages.items()):
@@ -210,18 +207,9 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
         return PyramidDecoder([feature.channels for feature in self.feature_info()], num_classes)
 
     def declared_symmetries(self) -> Symmetries:
-        declared: Symmetries = {
-            Rotation(): "approximate",
-            Shift(): "approximate",
-            CircularShift(): "approximate",
-        }
-        if min(self.orders) % 4 == 0:
-            declared[Rot90()] = "exact"
-        if self.group == "D":
-            # escnn's reflection (axis 0) is x.flip(-1); with rot180 in every stage, so is x.flip(-2)
-            axes = ("horizontal", "vertical") if min(self.orders) % 2 == 0 else ("horizontal",)
-            declared.update({Flip(axis): "exact" for axis in axes})
-        return declared
+        # What every stage keeps: escnn's reflection (axis 0) is x.flip(-1); with rot180 in every
+        # stage, so is x.flip(-2).
+        return grid_symmetries(min(self.orders), reflections=self.group == "D")
 
     def dense_symmetries(self) -> Symmetries:
         # The decoder is a plain U-Net over the fields (see decoder): rotating the input moves
@@ -229,15 +217,7 @@ class EquivariantWideResNet(_EscnnFilters, FieldAction, Backbone):
         return {family: "approximate" for family in self.declared_symmetries()}
 
     def input_size_problem(self, image_size: int) -> str | None:
-        exact = any(how == "exact" for how in self.declared_symmetries().values())
-        if not exact or (image_size - 1) % self.total_stride == 0:
-            return None
-        fit = image_size - (image_size - 1) % self.total_stride
-        return (
-            f"{self.name} is exactly invariant only on images whose side is 1 more than a multiple "
-            f"of its total stride {self.total_stride} (its strided convolutions then sample a grid "
-            f"symmetric about the centre), not {image_size}: resize the data (e.g. --data.image_size {fit})"
-        )
+        return strided_grid_problem(self, image_size)
 
     def export(self) -> nn.Module:
         """The same network as plain torch modules (no escnn at inference), in eval mode."""
