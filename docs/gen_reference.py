@@ -10,6 +10,7 @@ Generated, not written, so that none of them can drift from the code.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -36,8 +37,6 @@ def public_modules() -> list[str]:
 
 def first_line(module: str) -> str:
     """The first line of a module's docstring, read without importing it."""
-    import ast
-
     path = ROOT.joinpath(*module.split("."))
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""

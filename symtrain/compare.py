@@ -28,18 +28,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from symtrain.clock import note_process_start, without_start
 from symtrain.errors import SymtrainError, error_line, parse_arguments
-
-# What a study is lives in symtrain.study; its names stay importable from here too.
-from symtrain.study import (  # noqa: F401
-    Cell,
-    Study,
-    cells,
-    check_study,
-    fit_command,
-    model_flags,
-    model_label,
-    study_dir,
-)
+from symtrain.study import Study, cells, check_study, fit_command, study_dir
 
 
 def run_locally(study: Study) -> list[Path]:
